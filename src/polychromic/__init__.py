@@ -1,0 +1,3 @@
+"""polychromic: diversity-aware LoRA fine-tuning and k-sample quality/diversity evaluation."""
+
+__version__ = "0.1.0"

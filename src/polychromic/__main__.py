@@ -1,0 +1,3 @@
+from polychromic.cli import main
+
+raise SystemExit(main())

