@@ -76,7 +76,17 @@ def _dequantized_folder(gguf: Path) -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.save_pretrained(tmp)
+    # transformers marks GGUF-loaded models as quantized and refuses to save them, although the
+    # weights are already de-quantized to float32: rebuild a plain model holding the same tensors.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:
+        raise RuntimeError(f"de-quantized GGUF {gguf}: state dict mismatch (missing {missing}, unexpected {unexpected})")
+    plain.tie_weights()
+    plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     if out.exists():  # another process finished first; keep theirs
         import shutil
