@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -29,6 +30,9 @@ def cmd_print_config(args) -> int:
 def cmd_data_prepare(args) -> int:
     from polychromic.data import prepare
 
+    # CONFIG is optional, so `data prepare data.path=x.jsonl` lands the first override in it.
+    if args.config is not None and "=" in args.config and not os.path.exists(args.config):
+        args.overrides, args.config = [args.config, *args.overrides], None
     cfg = _load(args)
     manifest = prepare(cfg.data, seed=cfg.seed, out_dir=args.out, skip_invalid=args.skip_invalid or cfg.data.skip_invalid)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())

@@ -185,6 +185,7 @@ def _read_jsonl_source(cfg: DataConfig) -> tuple[list[Candidate], list[Reject], 
         meta = {k: v for k, v in obj.items() if k not in (prompt_field, reply_field)}
         candidates.append(Candidate(where, i, values[0], values[1], group, meta))
     info = {"fields": {"prompt": prompt_field, "reply": reply_field, "group": group_field}, "blank_lines": blank}
+    rejects.sort(key=lambda r: r.line or 0)  # the error names the FIRST bad line of the file
     return candidates, rejects, {name: hashlib.sha256(raw).hexdigest()}, info
 
 
@@ -346,7 +347,8 @@ def prepare(data_cfg: DataConfig, seed: int, out_dir: str | None = None, skip_in
     data_cfg.prepared_dir). Returns the manifest plus `out_dir`. Raises DataError on the first
     invalid line unless skip_invalid; duplicates are always rejected (kept once) without stopping.
     """
-    out = Path(out_dir or data_cfg.prepared_dir)
+    shown = str(out_dir or data_cfg.prepared_dir)
+    out = Path(shown).resolve()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
         # The whole folder is replaced: never do that to one we did not write.
         raise DataError(f"refusing to write into {out}: it exists and is not a prepared dataset (no manifest.json); choose another --out")
@@ -417,7 +419,7 @@ def prepare(data_cfg: DataConfig, seed: int, out_dir: str | None = None, skip_in
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {**manifest, "out_dir": str(out)}
+    return {**manifest, "out_dir": shown}
 
 
 def load_split(prepared_dir: str | Path, split: str) -> list[dict]:
