@@ -14,7 +14,7 @@ LAYERS = {
     "sweep": 6, "quickstart": 6,
     "train": 5, "evaluate": 5, "report": 5, "preflight": 5, "status": 5,
     "rollout": 4, "objectives": 4,
-    "models": 3, "generation": 3, "data": 3, "quality": 3, "trackers": 3, "monitor": 3,
+    "models": 3, "generation": 3, "fastgen": 3, "data": 3, "quality": 3, "trackers": 3, "monitor": 3,
     "lora_analysis": 3, "judge": 3, "samples": 3,
     "stats": 2, "plots": 2,
     "config": 1, "metrics": 1, "rundir": 1,

@@ -25,6 +25,7 @@ import shutil
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,7 +80,7 @@ class Reject:
         return f"{self.where}: {at}{self.detail}"
 
     def row(self) -> dict:
-        return {"where": self.where, "line": self.line, "reason": self.reason, "field": self.field, "raw": self.raw}
+        return {"where": self.where, "line": self.line, "reason": self.reason, "field": self.field, "detail": self.detail, "raw": self.raw}
 
 
 def _clip(text: str) -> str:
@@ -241,8 +242,6 @@ def _read_chatterbot_source(cfg: DataConfig) -> tuple[list[Candidate], list[Reje
                     rejects.append(Reject(w, None, bad[0], bad[1], _clip(repr(conv[ti : ti + 2])), bad[2]))
                     continue
                 candidates.append(Candidate(w, None, values[0], values[1], None, {"category": category, "file": f.name}))
-    from importlib.metadata import version
-
     info = {"fields": {"prompt": "turn i", "reply": "turn i+1", "group": None}, "package": f"chatterbot-corpus {version('chatterbot-corpus')}"}
     return candidates, rejects, inputs, info
 

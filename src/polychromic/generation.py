@@ -88,6 +88,13 @@ def sample(
     """
     if n < 1:
         raise ValueError("n must be >= 1")
+    if next(model.parameters()).is_cuda:
+        # On a GPU: merged LoRA, static KV cache, captured decode step (issue 5); same greedy
+        # tokens and sampling distribution. POLYCHROMIC_FASTGEN=0 forces the plain path below.
+        from polychromic import fastgen
+
+        if fastgen.use_fast_path(model):
+            return fastgen.sample(model, tokenizer, prompts, n, params, seed=seed, batch_size=batch_size)
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     flat = [list(p) for p in prompts for _ in range(n)]

@@ -15,7 +15,7 @@ Quality (objective.quality):
 Distances (objective.diversity_metric), each symmetric with a zero diagonal:
 - `semantic`: clip(1 - cos(e_a, e_b), 0, 1) (the prior's metric, per pair).
 - `bleu`: 1 - (BLEU-4(a | b) + BLEU-4(b | a)) / 2, the symmetrised single-reference BLEU of
-  metrics.pairwise_bleu_matrix.
+  metrics.pairwise_bleu_matrix; an empty text is at distance 1 from a non-empty one, 0 from another.
 - `distinct`: 2 * distinct_2([a, b]) - 1, clipped to [0, 1]: distinct-2 pooled over the pair is
   1 when the two share no bigram and 1/2 when they are the same text (with no repeated bigram
   inside), so the map sends "identical" to 0 and "no shared bigram" to 1. A pair holding no bigram
@@ -150,10 +150,15 @@ def distance_matrix(texts: Sequence[str], metric: str, embedder: Embedder | None
         e = _unit(embedder(list(texts)), "texts", n)
         d = np.clip(1.0 - e @ e.T, 0.0, 1.0)
     elif metric == "bleu":
-        b = np.asarray(pairwise_bleu_matrix(list(texts)), dtype=np.float64)
-        if b.shape != (n, n):
-            raise ValueError(f"pairwise_bleu_matrix returned shape {b.shape} for {n} texts")
-        d = np.clip(1.0 - (b + b.T) / 2.0, 0.0, 1.0)
+        # BLEU is undefined on a text without tokens (metrics raises Undefined); a sampled
+        # completion can be empty (end-of-turn first), so such pairs are set here: an empty
+        # text shares nothing with a non-empty one (1) and equals another empty one (0).
+        empty = np.array([not tokenize(t) for t in texts])
+        d = np.where(empty[:, None] & empty[None, :], 0.0, 1.0)
+        full = np.flatnonzero(~empty)
+        if len(full) >= 2:
+            b = np.asarray(pairwise_bleu_matrix([texts[i] for i in full]), dtype=np.float64)
+            d[np.ix_(full, full)] = np.clip(1.0 - (b + b.T) / 2.0, 0.0, 1.0)
     elif metric == "distinct":
         # Re-joining the tokens with spaces makes metrics.distinct_n see exactly these tokens.
         toks = [tokenize(t) for t in texts]

@@ -1,0 +1,32 @@
+"""Supervised fine-tuning: cross-entropy on the reply tokens (labels -100 on the prompt).
+
+Normalisation: the summed token cross-entropy of one micro-batch is divided by the number of
+target tokens of the WHOLE accumulated batch (all micro-batches, all processes), passed in by the
+loop. Summing the micro-batch gradients then gives exactly the gradient of the mean token loss of
+one big batch, whatever the accumulation factor. (The prior system averaged per micro-batch and
+its logged loss was multiplied by the accumulation factor, ../shared/docs/prior-system.md.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NEEDS_ROLLOUTS = False
+
+
+def count_targets(batch: dict) -> int:
+    """Tokens that carry a loss: labels != -100 after the causal shift (the first token of a
+    sequence is never predicted)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def ce_loss(model, batch: dict, n_target_tokens: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to backpropagate = summed CE / n_target_tokens, detached summed CE of this micro-batch)."""
+    if n_target_tokens <= 0:
+        raise ValueError("ce_loss: the accumulated batch has no target tokens (every reply truncated away?)")
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    logits = out.logits[:, :-1, :].float()
+    labels = batch["labels"][:, 1:]
+    ce_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
+    return ce_sum / n_target_tokens, ce_sum.detach()

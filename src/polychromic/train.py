@@ -1,0 +1,347 @@
+"""`polychromic train`: LoRA SFT plus the configured objective's rollout term, data-parallel.
+
+`train(cfg, resume)` reads top to bottom like nanochat's chat_rl.py: per optimizer step, the
+micro-batches' cross-entropy (normalised by the target tokens of the whole accumulated batch over
+all processes), then, every `compute_diversity_every_n_steps` steps, M prompts of the step's batch
+-> ONE batched generate call of M x N rollouts -> the objective's term, backpropagated; then clip,
+AdamW step on the LoRA parameters, scheduler, log, checkpoint. The maths lives in objectives/.
+
+Data parallel through accelerate: `accelerate launch -m polychromic train CFG` starts one process
+per device and `Accelerator` sets up the process group (NCCL, or gloo on CPUs). The model is not
+wrapped in DistributedDataParallel: each step backpropagates two different kinds of terms (SFT
+micro-batches, then rollout groups, with generate and disable_adapter in between), so instead the
+LoRA gradients (small) are averaged across processes explicitly, once per term, which also gives
+each term's exact global gradient norm. Each process generates for its own prompts, so a group of
+N samples never straddles processes.
+
+Reproducibility: data order is a function of (seed, epoch), rollouts of (seed, step, rank), and
+checkpoints hold the adapter, optimizer, scheduler, every RNG state and the data position, so a
+run killed at any point and resumed ends with the same adapter as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from polychromic.config import Config
+from polychromic.data import collate, encode_example, load_split, render_prompt
+from polychromic.io import atomic_write_json
+from polychromic.models import attach_lora, load_base_model, load_embedder, load_tokenizer, pick_device
+from polychromic.monitor import Monitor
+from polychromic.objectives import OBJECTIVES, Terms
+from polychromic.objectives.sft import ce_loss, count_targets
+from polychromic.rollout import generate_rollouts, rollout_seed
+from polychromic.rundir import (
+    ADAPTER_DIR,
+    checkpoint_dir,
+    init_run_dir,
+    is_finished,
+    latest_checkpoint,
+    list_checkpoints,
+    mark_checkpoint_complete,
+    write_state,
+)
+
+# trainer.lr_scheduler -> transformers.get_scheduler name (all with linear warmup).
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def train(cfg: Config, resume: bool = False) -> Path:
+    """Train `cfg`; return the run directory (final adapter in `<run_dir>/adapter/`)."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=cfg.trainer.device == "cpu")
+    if cfg.trainer.device == "cuda":
+        pick_device("cuda")  # a clear error when no GPU is visible
+    run_dir = cfg.run_dir
+    if resume and is_finished(run_dir):
+        if acc.is_main_process:
+            print(f"{run_dir}: already finished; nothing to resume")
+        return run_dir
+    if acc.is_main_process:
+        init_run_dir(cfg, resume)
+    acc.wait_for_everyone()
+
+    try:
+        s = _Setup(cfg, acc)
+    except BaseException as exc:  # recorded, then re-raised: `polychromic status` shows why
+        if acc.is_main_process:
+            write_state(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    objective = OBJECTIVES[cfg.objective.name]
+    total, every, lam = s.total_steps, cfg.objective.compute_diversity_every_n_steps, cfg.objective.diversity_weight
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    start = _load_checkpoint(ckpt, s, acc) if ckpt is not None else 0
+    with Monitor(run_dir, cfg, total, start, is_main=acc.is_main_process) as monitor:
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            micro, rows = s.batches(step)
+            n_tgt = _sum(acc, [sum(count_targets(b) for b in micro)])[0]
+            ce_sum = 0.0
+            for batch in micro:  # gradients are averaged over processes, so each divides by its share
+                loss, ce = ce_loss(s.model, batch, n_tgt / acc.num_processes)
+                acc.backward(loss)
+                ce_sum += float(ce)
+            g_ce = _take_grads(s.params, acc)
+            terms, ro = Terms(loss=0.0), None
+            if objective.NEEDS_ROLLOUTS and step % every == 0:
+                ro = generate_rollouts(s.model, s.tok, *s.rollout_prompts(rows), cfg.rollout, rollout_seed(cfg.seed, step, acc.process_index))
+                terms = objective.rollout_term(s.model, ro, s.embedder, cfg, acc.backward)
+            g_div = _take_grads(s.params, acc) if ro is not None else None
+            _set_grads(s.params, g_ce, g_div)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(s.params, cfg.trainer.max_grad_norm))
+            lr = s.sched.get_last_lr()[0]  # the rate this step uses
+            s.opt.step()
+            s.sched.step()
+            s.opt.zero_grad(set_to_none=True)
+
+            ce_tot, tokens = _sum(acc, [ce_sum, s.n_tokens(micro) + (ro.n_tokens() if ro else 0)])
+            rl = _mean_logs(acc, {**terms.logs, "train/rollout_term": terms.loss}) if ro is not None else {}
+            quality_loss = ce_tot / n_tgt
+            logs = {
+                "train/quality_loss": quality_loss,
+                "train/combined_loss": quality_loss - lam * rl.get("train/diversity_score", 0.0),
+                "train/loss": quality_loss + rl.get("train/rollout_term", 0.0),
+                "train/grad_norm": grad_norm,
+                "train/grad_norm_ce": _norm(g_ce),
+                **({"train/grad_norm_div": _norm(g_div), "train/rollout_seconds": ro.seconds} if ro is not None else {}),
+                **rl,
+                "train/tokens_per_second": tokens / (time.perf_counter() - t0),
+                "train/lr": lr,
+                "train/epoch": (step + 1) * s.global_batch / s.n_train,
+            }
+            if (step + 1) % cfg.trainer.log_every == 0 or step + 1 == total:
+                monitor.log(step + 1, logs)
+            if (step + 1) % cfg.trainer.save_every == 0 or step + 1 == total:
+                _save_checkpoint(run_dir, step + 1, s, acc, cfg)
+        _save_adapter(run_dir, s, acc)
+        monitor.close("done")
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: model, data order, optimizer
+
+
+class _Setup:
+    """Everything the loop touches, built once (and restored from a checkpoint on resume)."""
+
+    def __init__(self, cfg: Config, acc) -> None:
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
+
+        self.cfg = cfg
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.device = acc.device
+        self.tok = load_tokenizer(cfg.model)
+        rows = load_split(cfg.data.prepared_dir, "train")
+        if cfg.data.max_train_examples is not None:
+            rows = rows[: cfg.data.max_train_examples]
+        if not rows:
+            raise ValueError(f"{cfg.data.prepared_dir}/train.jsonl: no training rows")
+        self.rows = rows
+        self.examples = [encode_example(self.tok, cfg.data, r["prompt"], r["reply"]) for r in rows]
+        self.n_train = len(rows)
+        t = cfg.trainer
+        self.local_batch = t.batch_size * t.grad_accum
+        self.global_batch = self.local_batch * self.world
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.n_train / self.global_batch))
+        self._perms: dict[int, np.ndarray] = {}
+        self._prompt_ids: dict[str, list[int]] = {}
+
+        # Same seed on every process: identical LoRA initialisation everywhere.
+        set_seed(cfg.seed)
+        base = load_base_model(cfg.model, self.device)
+        self.model = attach_lora(base, cfg.lora, cfg.model.gradient_checkpointing)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        warmup = math.ceil(t.warmup_ratio * self.total_steps)
+        self.sched = get_scheduler(SCHEDULERS[t.lr_scheduler], self.opt, num_warmup_steps=warmup, num_training_steps=self.total_steps)
+
+        o = cfg.objective
+        needs_embedder = OBJECTIVES[o.name].NEEDS_ROLLOUTS and (
+            o.diversity_metric == "semantic" or o.quality in ("guard_x_relevance", "relevance")
+        )
+        self.embedder = load_embedder(o.diversity_encoder_model, device=str(self.device)) if needs_embedder else None
+        # Reseeded last, after everything that may draw random numbers while being built (the
+        # embedder's modules), so the training stream (dropout) is the same whatever the objective
+        # loads: float_penalty stays bit-identical to sft. Each process gets its own stream
+        # (dropout masks differ across processes, as across the rows of one big batch).
+        set_seed(cfg.seed + self.rank)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's permutation of the training rows: a pure function of (seed, epoch)."""
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.cfg.seed, epoch]).permutation(self.n_train)}
+        return self._perms[epoch]
+
+    def batches(self, step: int) -> tuple[list[dict], list[dict]]:
+        """This process's micro-batches of optimizer step `step`, and their rows. The step takes
+        the next global_batch positions of the (seed, epoch) permutations, epochs concatenated;
+        process r takes the r-th contiguous slice, cut into micro-batches of batch_size."""
+        first = step * self.global_batch + self.rank * self.local_batch
+        idx = [int(self.order(k // self.n_train)[k % self.n_train]) for k in range(first, first + self.local_batch)]
+        pad = self.tok.pad_token_id
+        bs = self.cfg.trainer.batch_size
+        micro = []
+        for j in range(0, len(idx), bs):
+            b = collate([self.examples[i] for i in idx[j : j + bs]], pad)
+            micro.append({k: v.to(self.device) for k, v in b.items()})
+        return micro, [self.rows[i] for i in idx]
+
+    def rollout_prompts(self, rows: list[dict]) -> tuple[list[str], list[list[int]]]:
+        """The first M distinct prompt groups among this process's rows of the step."""
+        seen, texts = set(), []
+        for r in rows:
+            if r["group"] not in seen:
+                seen.add(r["group"])
+                texts.append(r["prompt"])
+            if len(texts) == self.cfg.rollout.max_examples_for_diversity:
+                break
+        for p in texts:
+            if p not in self._prompt_ids:
+                self._prompt_ids[p] = render_prompt(self.tok, self.cfg.data, p)
+        return texts, [self._prompt_ids[p] for p in texts]
+
+    @staticmethod
+    def n_tokens(micro: list[dict]) -> int:
+        return int(sum(int(b["attention_mask"].sum()) for b in micro))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients across processes
+
+
+def _sum(acc, values: list[float]) -> list[float]:
+    """Sum of each value over processes (float64 on the device; identity with one process)."""
+    if acc.num_processes == 1:
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=acc.device)
+    return [float(x) for x in acc.reduce(t, reduction="sum")]
+
+
+def _mean_logs(acc, logs: dict[str, float]) -> dict[str, float]:
+    """Mean of each logged value over processes, so every process logs (and alerts on) the same."""
+    if acc.num_processes == 1 or not logs:
+        return dict(logs)
+    keys = sorted(logs)
+    sums = _sum(acc, [logs[k] for k in keys])
+    return {k: v / acc.num_processes for k, v in zip(keys, sums)}
+
+
+def _take_grads(params: list[torch.Tensor], acc) -> list[torch.Tensor]:
+    """Remove the accumulated gradients from the parameters and return them averaged over
+    processes (zeros for a parameter no backward reached). One all-reduce of one flat vector."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    for p in params:
+        p.grad = None
+    if acc.num_processes > 1:
+        flat = acc.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+        grads = [chunk.view_as(g) for chunk, g in zip(flat.split([g.numel() for g in grads]), grads)]
+    return grads
+
+
+def _set_grads(params, g_ce, g_div) -> None:
+    for i, p in enumerate(params):
+        p.grad = g_ce[i] if g_div is None else g_ce[i] + g_div[i]
+
+
+def _norm(grads: list[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: written into a temporary folder, completed with rundir's COMPLETE marker, then
+# renamed: a kill at any moment leaves either no step-N folder or a complete one.
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(run_dir: Path, step: int, s: _Setup, acc, cfg: Config) -> None:
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(f".{final.name}.tmp")
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng_rank{s.rank}.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        s.model.save_pretrained(tmp / "adapter")
+        torch.save(s.opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(s.sched.state_dict(), tmp / "scheduler.pt")
+        atomic_write_json(
+            tmp / "trainer_state.json",
+            {"step": step, "data_seed": cfg.seed, "examples_seen": step * s.global_batch, "global_batch": s.global_batch,
+             "world_size": s.world, "n_train": s.n_train, "total_steps": s.total_steps},
+        )
+        mark_checkpoint_complete(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in list_checkpoints(run_dir)[: -cfg.trainer.keep_checkpoints]:
+            shutil.rmtree(old)
+        write_state(run_dir, last_checkpoint=str(final.relative_to(run_dir)))
+    acc.wait_for_everyone()
+
+
+def _load_checkpoint(ckpt: Path, s: _Setup, acc) -> int:
+    """Restore adapter, optimizer, scheduler and this process's RNG; return the step to start at."""
+    import json
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    meta = json.loads((ckpt / "trainer_state.json").read_text())
+    for key, now in (("world_size", s.world), ("global_batch", s.global_batch), ("n_train", s.n_train), ("total_steps", s.total_steps)):
+        if meta[key] != now:
+            raise ValueError(
+                f"{ckpt}/trainer_state.json: {key} was {meta[key]}, now {now}; resume needs the same data, "
+                "batch sizes, step count and number of processes (or start a new run)"
+            )
+    weights = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"), device=str(s.device))
+    result = set_peft_model_state_dict(s.model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{ckpt}/adapter: unexpected keys {result.unexpected_keys[:5]} (a different LoRA config?)")
+    s.opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=s.device, weights_only=False))
+    s.sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+    rng = ckpt / f"rng_rank{s.rank}.pt"
+    if not rng.is_file():
+        raise ValueError(f"{rng} missing: the checkpoint was written by fewer processes")
+    _set_rng_state(torch.load(rng, weights_only=False))
+    return int(meta["step"])
+
+
+def _save_adapter(run_dir: Path, s: _Setup, acc) -> None:
+    if acc.is_main_process:
+        final = Path(run_dir) / ADAPTER_DIR
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        s.model.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    acc.wait_for_everyone()
+
