@@ -78,6 +78,17 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_import_samples(args) -> int:
+    from polychromic.evaluate import score
+    from polychromic.samples import import_samples
+
+    out = import_samples(args.path, args.format, args.model, args.out)
+    if args.score:
+        score(out)
+    print(f"imported {args.path} as model {args.model!r} into {out}")
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from polychromic.quickstart import quickstart
 
@@ -131,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write results.json, report.md and report.html for an evaluation")
     rp.add_argument("eval_dir")
     rp.set_defaults(func=cmd_report)
+
+    im = sub.add_parser("import-samples", help="bring samples made elsewhere (NoveltyBench, lm-eval-harness) into an evaluation folder")
+    im.add_argument("path", help="generations.jsonl (noveltybench) or samples_*.jsonl (lm_eval)")
+    im.add_argument("--format", required=True, choices=["noveltybench", "lm_eval"])
+    im.add_argument("--model", required=True, help="model name to file the samples under")
+    im.add_argument("--out", required=True, help="evaluation folder (created or extended)")
+    im.add_argument("--score", action="store_true", help="score the folder afterwards (needs the embedder)")
+    im.set_defaults(func=cmd_import_samples)
 
     qs = sub.add_parser("quickstart", help="end to end on the embedded default: data, train x2, evaluate, report")
     qs.add_argument("--workdir", default="quickstart")

@@ -38,12 +38,13 @@ def demo_configs(workdir: str | Path, fast: bool = False) -> tuple[Config, Confi
     common = [f"runs_dir={w / 'runs'}", f"data.prepared_dir={w / 'data'}", f"eval.output_dir={w / 'eval'}"] + (FAST if fast else [])
     base = load_config(DEMO / "baseline.yaml", common)
     poly = load_config(DEMO / "polychromic.yaml", common)
+    # lambda = 1.0 is the prior "moderate" variant: the name gives the report's decision tree its role.
     models = (
         "[{name: base}, "
-        f"{{name: {base.experiment}, adapter: '{run_dir_for(base) / 'adapter'}'}}, "
-        f"{{name: {poly.experiment}, adapter: '{run_dir_for(poly) / 'adapter'}'}}]"
+        f"{{name: sft_baseline, adapter: '{run_dir_for(base) / 'adapter'}'}}, "
+        f"{{name: polychromic_moderate, adapter: '{run_dir_for(poly) / 'adapter'}'}}]"
     )
-    ev = load_config(DEMO / "baseline.yaml", common + [f"eval.models={models}", f"eval.baseline={base.experiment}", "experiment=demo_eval"])
+    ev = load_config(DEMO / "baseline.yaml", common + [f"eval.models={models}", "eval.baseline=sft_baseline", "experiment=demo_eval"])
     return base, poly, ev
 
 
