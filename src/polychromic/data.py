@@ -379,7 +379,10 @@ def prepare(data_cfg: DataConfig, seed: int, out_dir: str | None = None, skip_in
         raise DataError(f"{next(iter(inputs), data_cfg.source)}: no valid rows left after validation (rejects: {counts})")
 
     groups = [c.group if c.group is not None else normalise_prompt(c.prompt) for c in kept]
-    splits = assign_splits(groups, [c.prompt for c in kept], seed, data_cfg.val_fraction, data_cfg.test_fraction)
+    try:
+        splits = assign_splits(groups, [c.prompt for c in kept], seed, data_cfg.val_fraction, data_cfg.test_fraction)
+    except DataError as exc:
+        raise DataError(f"{next(iter(inputs), data_cfg.source)}: {exc}") from exc
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for c, g, s in zip(kept, groups, splits):
         meta = {(f"orig_{k}" if k in RESERVED else k): v for k, v in c.meta.items()}

@@ -90,12 +90,14 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 loss, ce = ce_loss(s.model, batch, n_tgt / acc.num_processes)
                 acc.backward(loss)
                 ce_sum += float(ce)
-            g_ce = _take_grads(s.params, acc)
-            terms, ro = Terms(loss=0.0), None
+            g_ce = _take_grads(s.params, acc)  # each term's global gradient, measured on its own
+            norms = {"train/grad_norm_ce": _norm(g_ce)}
+            terms, ro, g_div = Terms(loss=0.0), None, None
             if objective.NEEDS_ROLLOUTS and step % every == 0:
                 ro = generate_rollouts(s.model, s.tok, *s.rollout_prompts(rows), cfg.rollout, rollout_seed(cfg.seed, step, acc.process_index))
                 terms = objective.rollout_term(s.model, ro, s.embedder, cfg, acc.backward)
-            g_div = _take_grads(s.params, acc) if ro is not None else None
+                g_div = _take_grads(s.params, acc)
+                norms |= {"train/grad_norm_div": _norm(g_div), "train/rollout_seconds": ro.seconds}
             _set_grads(s.params, g_ce, g_div)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(s.params, cfg.trainer.max_grad_norm))
             lr = s.sched.get_last_lr()[0]  # the rate this step uses
@@ -111,8 +113,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 "train/combined_loss": quality_loss - lam * rl.get("train/diversity_score", 0.0),
                 "train/loss": quality_loss + rl.get("train/rollout_term", 0.0),
                 "train/grad_norm": grad_norm,
-                "train/grad_norm_ce": _norm(g_ce),
-                **({"train/grad_norm_div": _norm(g_div), "train/rollout_seconds": ro.seconds} if ro is not None else {}),
+                **norms,
                 **rl,
                 "train/tokens_per_second": tokens / (time.perf_counter() - t0),
                 "train/lr": lr,
