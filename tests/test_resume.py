@@ -55,14 +55,15 @@ def config_file(tmp_path, model_dir, runs):
 def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_model_dir):
     killed_cfg = config_file(tmp_path, tiny_model_dir, tmp_path / "killed")
     run = tmp_path / "killed" / "resume" / "seed_42"
+    log = open(tmp_path / "killed.log", "wb")  # a file, not a pipe: a full pipe would block the run
     proc = subprocess.Popen(
         [sys.executable, "-m", "polychromic", "train", str(killed_cfg)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO_SRC)},
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO_SRC)},
     )
     try:
         deadline = time.monotonic() + 240
         while latest_checkpoint(run) is None:
-            assert proc.poll() is None, f"training exited before its first checkpoint: {proc.stderr.read().decode()[-3000:]}"
+            assert proc.poll() is None, f"training exited before its first checkpoint: {(tmp_path / 'killed.log').read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
@@ -71,6 +72,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_model_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()
     assert proc.returncode == -signal.SIGKILL
     state = read_state(run)
     assert state["status"] == "running" and not (run / "adapter").exists()

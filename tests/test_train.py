@@ -78,6 +78,9 @@ def test_polychromic_end_to_end_writes_every_file(tmp_path, tiny_model_dir):
         missing = [n for n in NAMES if n not in r]
         assert not missing, missing
         assert r["train/grad_norm_div"] > 0  # the diversity term has a gradient
+        # the total is the norm of the sum of the two measured increments (triangle inequality)
+        ce, div, tot = r["train/grad_norm_ce"], r["train/grad_norm_div"], r["train/grad_norm"]
+        assert abs(ce - div) - 1e-6 <= tot <= ce + div + 1e-6
         assert r["train/combined_loss"] == pytest.approx(r["train/quality_loss"] - r["train/diversity_score"])
         assert 0 < r["train/diversity_score"] <= 1 and 0 <= r["train/quality_mean"] <= 1
         assert r["train/lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * (r["step"] - 1) / 3)))
@@ -130,7 +133,7 @@ def test_cli_train_subprocess(tmp_path, tiny_model_dir):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(data))
     r = subprocess.run(
-        [sys.executable, "-m", "polychromic", "train", str(path), "objective.name=sft", "trainer.max_steps=2"],
+        [sys.executable, "-m", "polychromic", "train", str(path), "objective.name=sft", "trainer.max_steps=2", "trainer.max_grad_norm=0.1"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO_SRC)},
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -139,6 +142,9 @@ def test_cli_train_subprocess(tmp_path, tiny_model_dir):
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows] == [1, 2] and "train/diversity_score" not in rows[0]
+    for x in rows:  # norms are measured before clipping (0.1 here): SFT's total is its CE norm
+        assert x["train/grad_norm_ce"] == pytest.approx(x["train/grad_norm"], rel=1e-6) and x["train/grad_norm"] > 0.1
+        assert x["train/combined_loss"] == x["train/quality_loss"] == x["train/loss"]
     assert read_state(run)["status"] == "done"
     # a bad override is reported with its path, no traceback
     bad = subprocess.run([sys.executable, "-m", "polychromic", "train", str(path), "trainer.lr=-1"], capture_output=True, text=True,

@@ -235,6 +235,20 @@ def _make_decode_layer(shape: _Shape, act):
     return decode_layer
 
 
+_LAYER_FNS: dict = {}
+
+
+def _decode_layer_fn(shape: _Shape, act, compile: bool):
+    """One decode-layer function per (shape, activation, compile), shared by engines: torch.compile
+    guards on the closure's objects, so a fresh closure per engine would recompile every time an
+    engine is rebuilt (after `release`, or for each model in the tests)."""
+    key = (shape, type(act), compile)
+    if key not in _LAYER_FNS:
+        fn = _make_decode_layer(shape, act)
+        _LAYER_FNS[key] = torch.compile(fn, fullgraph=True, dynamic=False) if compile else fn
+    return _LAYER_FNS[key]
+
+
 def _prefill_layer(h, shape: _Shape, act, lw, cos, sin, kc, vc, mask):
     ln1, wqkv, bqkv, qn, kn, wo, bo, ln2, wgu, bgu, wd, bd = lw
     b, t, _ = h.shape
@@ -426,8 +440,7 @@ class _Engine:
                  layer.post_attention_layernorm.weight, gu.weight, gu.bias, down.weight, down.bias)
             )
         self.graphs = graphs and self.device.type == "cuda"
-        layer_fn = _make_decode_layer(self.shape, self.act)
-        self.decode_layer = torch.compile(layer_fn, fullgraph=True, dynamic=False) if compile else layer_fn
+        self.decode_layer = _decode_layer_fn(self.shape, self.act, compile)
         self.compiled = compile
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.buckets: OrderedDict = OrderedDict()

@@ -2,7 +2,7 @@
 
 Every objective trains the SFT cross-entropy (`sft.ce_loss`, per micro-batch, in the loop). An
 objective module says whether it needs rollouts (`NEEDS_ROLLOUTS`) and, if so, provides
-`rollout_term(model, rollouts, embedder, cfg, backward, pad_id) -> Terms`: it scores the rollouts,
+`rollout_term(model, rollouts, embedder, cfg, backward) -> Terms`: it scores the rollouts,
 calls `backward` on whatever it differentiates (group by group, to bound memory) and returns
 `Terms`. A new objective is a new file plus one line in `OBJECTIVES`.
 """
