@@ -54,7 +54,7 @@ def test_prepare_on_random_files(tmp_path_factory, lines, skip):
             assert isinstance(r["reply"], str) and r["reply"].strip()
     kept = sum(len(v) for v in rows.values())
     rejected = sum(manifest.get("rejects", {}).values())
-    non_blank = sum(1 for x in lines if x.strip())
+    non_blank = sum(1 for x in lines if x.decode("utf-8", "replace").strip())
     assert kept + rejected == non_blank, (kept, rejected, non_blank, manifest)
     groups = [{r["group"] for r in v} for v in rows.values()]
     assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
