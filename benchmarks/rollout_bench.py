@@ -180,24 +180,28 @@ def stage_plain(model, ps, n: int, params: SamplingParams) -> dict:
     return {"seconds": t, "ms_per_step": 1000 * t / params.max_new_tokens, "peak_gb": peak_gb()}
 
 
-def stage_fast(model, ps, n: int, params: SamplingParams, repeats: int, batch_size=None, **variant) -> dict:
+def stage_fast(model, ps, n: int, params: SamplingParams, repeats: int, batch_size=None, release_after: bool = False, **variant) -> dict:
     """fastgen through generation.sample's dispatch (the default), or a variant called directly."""
     def call():
         if variant:
-            return fastgen.sample(model, TOK, ps, n, params, seed=0, batch_size=batch_size, **variant)
-        return sample(model, TOK, ps, n, params, seed=0, batch_size=batch_size)
+            out = fastgen.sample(model, TOK, ps, n, params, seed=0, batch_size=batch_size, **variant)
+        else:
+            out = sample(model, TOK, ps, n, params, seed=0, batch_size=batch_size)
+        assert fastgen._ENGINES.get(model), "generation.sample did not take the fast path"
+        if release_after:
+            fastgen.release(model, empty_cache=False)
+        return out
 
     peak_reset()
     first_s, out = timed(call)
     first = dict(fastgen.last_stats)
-    assert fastgen._ENGINES.get(model), "generation.sample did not take the fast path"
     assert all(len(c.ids) == params.max_new_tokens for r in out for c in r)
     runs = []
     for _ in range(repeats):
         t, _ = timed(call)
         runs.append((t, dict(fastgen.last_stats)))
     t, st = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
-    return {"seconds": t, "first_call_s": first_s, "capture_s": first["capture_s"], "merge_s": st["merge_s"], "prefill_s": st["prefill_s"],
+    return {"seconds": t, "first_call_s": first_s, "capture_s": first["capture_s"], "steady_capture_s": st["capture_s"], "merge_s": st["merge_s"], "prefill_s": st["prefill_s"],
             "decode_s": st["decode_s"], "steps": st["steps"], "ms_per_step": 1000 * st["decode_s"] / max(1, st["steps"]),
             "chunks": st["chunks"], "chunk_rows": st["chunk_rows"], "bucket_rows": st["bucket_rows"], "length": st["length"],
             "all_runs_s": [r[0] for r in runs], "peak_gb": peak_gb()}
@@ -215,11 +219,13 @@ def train_flops(counts: dict, cfg, tokens: int, seq: int, logit_positions: int) 
     return 6 * p + attn, 4 * p + attn * 4 / 6
 
 
-def stage_train(model, kind: str, rows: int, seq: int, ckpt: bool, repeats: int, counts: dict, peak: float, keep_logits: bool = False) -> dict:
+def stage_train(model, kind: str, rows: int, seq: int, ckpt: bool, repeats: int, counts: dict, peak: float, keep_logits: bool = False,
+                micro: int = 1) -> dict:
     """One optimizer step on random tokens. sft: causal-LM loss over all tokens (labels=ids).
     pg: -(advantage * sum of the completion's log-probs), the completion being the last
     RUN["new_tokens"] tokens; keep_logits computes logits only where they are used
-    (logits_to_keep), otherwise over every position as a plain forward does."""
+    (logits_to_keep), otherwise over every position as a plain forward does. `micro` splits the
+    rows into that many forward/backward passes before the one optimizer step (accumulation)."""
     base = model.get_base_model()
     cfg = base.config
     new = RUN["new_tokens"]
@@ -235,17 +241,18 @@ def stage_train(model, kind: str, rows: int, seq: int, ckpt: bool, repeats: int,
     adv = torch.randn(rows, generator=g).to(dev)
 
     def step():
-        if kind == "sft":
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        else:
-            logits = model(input_ids=ids, use_cache=False, logits_to_keep=new + 1 if keep_logits else 0).logits
-            logp = torch.log_softmax(logits[:, -new - 1 : -1].float(), dim=-1).gather(-1, ids[:, -new:, None]).squeeze(-1)
-            loss = -(adv * logp.sum(-1)).mean()
-        loss.backward()
+        for x, a in zip(ids.chunk(micro), adv.chunk(micro)):
+            if kind == "sft":
+                loss = model(input_ids=x, labels=x, use_cache=False).loss / micro
+            else:
+                logits = model(input_ids=x, use_cache=False, logits_to_keep=new + 1 if keep_logits else 0).logits
+                logp = torch.log_softmax(logits[:, -new - 1 : -1].float(), dim=-1).gather(-1, x[:, -new:, None]).squeeze(-1)
+                loss = -(a * logp.sum(-1)).sum() / rows
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    label = {"kind": kind, "rows": rows, "seq": seq, "ckpt": ckpt, "keep_logits": keep_logits}
+    label = {"kind": kind, "rows": rows, "seq": seq, "ckpt": ckpt, "keep_logits": keep_logits, "micro": micro}
     peak_reset()
     try:
         t = median_of(step, repeats=repeats, warmup=2)
@@ -259,6 +266,30 @@ def stage_train(model, kind: str, rows: int, seq: int, ckpt: bool, repeats: int,
     tokens = rows * seq
     f6, f4 = train_flops(counts, cfg, tokens, seq, rows * (new + 1 if keep_logits else seq))
     return {**label, "seconds": t, "tokens": tokens, "tflops_6pt": f6 / 1e12, "mfu_6pt": f6 / t / peak, "mfu_4pt": f4 / t / peak, "peak_gb": peak_gb()}
+
+
+def best_run(res: dict, tr: dict, per_step: int) -> dict:
+    """The fastest projected run whose every phase fits in GPU memory: with the fast path's
+    buffers resident, a training step's peak plus the resident bytes must fit; with them
+    released after each rollout call, the training peak alone (and the rollouts pay re-capture)."""
+    cap = 0.95 * torch.cuda.get_device_properties(0).total_memory / 1e9
+    best = None
+    for mode, roll_key in (("resident", "fast"), ("released", "fast_release")):
+        roll = res.get(roll_key)
+        if not isinstance(roll, dict):
+            continue
+        extra = res["fast"]["resident_gb"] if mode == "resident" else 0.0
+        fits = {k: v for k, v in tr.items() if "seconds" in v and v["peak_gb"] + extra <= cap}
+        sft = [(v["seconds"] * per_step / v["rows"], k) for k, v in fits.items() if v["kind"] == "sft"]
+        pg = [(v["seconds"], k) for k, v in fits.items() if v["kind"] == "pg"]
+        if not sft or not pg:
+            continue
+        (s_s, s_k), (p_s, p_k) = min(sft), min(pg)
+        run = project_run(s_s, roll["seconds"], p_s, once_s=res["fast"]["capture_s"])
+        run["config"] = f"rollout buffers {mode}; SFT {s_k} x {per_step // tr[s_k]['rows']} per step; PG {p_k}"
+        if best is None or run["total_s"] < best["total_s"]:
+            best = run
+    return best or {"total_s": math.nan, "config": "no configuration fits in memory", "sft_s": math.nan, "rollouts_s": math.nan, "pg_s": math.nan, "one_time_s": math.nan}
 
 
 def project_run(sft_s: float, rollout_s: float, pg_s: float, once_s: float = 0.0) -> dict:
@@ -331,8 +362,15 @@ def main(argv=None) -> int:
         res["plain"] = stage_plain(model, ps, n, params)
         print(f"(b) plain batched: {res['plain']}", flush=True)
     if cuda:
+        before = torch.cuda.memory_allocated()
         res["fast"] = stage_fast(model, ps, n, params, args.repeats)
+        res["fast"]["resident_gb"] = (torch.cuda.memory_allocated() - before) / 1e9  # merged copy + KV kept between calls
         print(f"(c) fast: {res['fast']}", flush=True)
+        # The same with everything freed after each call (a trainer short of memory does this):
+        # each call re-allocates the copy and re-captures the graph; the compiled code is kept.
+        fastgen.release(model)
+        res["fast_release"] = stage_fast(model, ps, n, params, args.repeats, release_after=True)
+        print(f"(c) fast, released after each call: {res['fast_release']}", flush=True)
         # Greedy agreement with plain generate on this model is checked by tests/test_fastgen.py
         # (random 8B logits are nearly flat, so greedy ties would say little here).
         if "variants" not in skip:
@@ -363,24 +401,23 @@ def main(argv=None) -> int:
         sft_seq, pg_seq = 256, longest + new
         tr["sft_ckpt_4x256"] = stage_train(model, "sft", 4, sft_seq, True, args.repeats, counts, peak)
         tr["sft_4x256"] = stage_train(model, "sft", 4, sft_seq, False, args.repeats, counts, peak)
+        tr["sft_8x256"] = stage_train(model, "sft", 8, sft_seq, False, args.repeats, counts, peak)
         tr["sft_16x256"] = stage_train(model, "sft", 16, sft_seq, False, args.repeats, counts, peak)
+        tr["sft_ckpt_16x256"] = stage_train(model, "sft", 16, sft_seq, True, args.repeats, counts, peak)
         tr["pg_ckpt_full_logits"] = stage_train(model, "pg", m * n, pg_seq, True, args.repeats, counts, peak)
         tr["pg_ckpt_keep"] = stage_train(model, "pg", m * n, pg_seq, True, args.repeats, counts, peak, keep_logits=True)
+        tr["pg_keep_2x20"] = stage_train(model, "pg", m * n, pg_seq, False, args.repeats, counts, peak, keep_logits=True, micro=2)
         tr["pg_keep"] = stage_train(model, "pg", m * n, pg_seq, False, args.repeats, counts, peak, keep_logits=True)
         res["train"] = tr
         for k, v in tr.items():
             print(f"train {k}: {v}", flush=True)
-
-        def secs(key, times=1):
-            v = tr.get(key, {})
-            return v["seconds"] * times if "seconds" in v else math.inf
-
+        per_step = RUN["effective_batch"]
         prior_roll = res.get("prior", {}).get("seconds", math.nan)
-        res["run_prior"] = project_run(secs("sft_ckpt_4x256", RUN["effective_batch"] // RUN["micro_batch"]), prior_roll, secs("pg_ckpt_full_logits"))
+        sft_prior = tr["sft_ckpt_4x256"]
+        res["run_prior"] = project_run(sft_prior.get("seconds", math.nan) * per_step / 4, prior_roll, tr["pg_ckpt_full_logits"].get("seconds", math.nan))
+        res["run_prior"]["config"] = "SFT 4 x 4x256 with checkpointing; one generate() per prompt; PG with checkpointing, full logits"
         if isinstance(res["fast"], dict):
-            best_sft = min(secs("sft_4x256", RUN["effective_batch"] // RUN["micro_batch"]), secs("sft_16x256"), secs("sft_ckpt_4x256", 4))
-            best_pg = min(secs("pg_keep"), secs("pg_ckpt_keep"), secs("pg_ckpt_full_logits"))
-            res["run_ours"] = project_run(best_sft, res["fast"]["seconds"], best_pg, once_s=res["fast"]["capture_s"])
+            res["run_ours"] = best_run(res, tr, per_step)
         for k in ("run_prior", "run_ours"):
             if k in res:
                 print(f"{k}: {res[k]}", flush=True)
@@ -399,7 +436,7 @@ def summary(res: dict) -> None:
     prior = res.get("prior", {}).get("seconds")
     for key, label in (("prior", "(a) prior: generate() per prompt"), ("plain", "(b) one batched generate()"),
                        ("fast_eager_merged", "(c'') merged copy, eager"), ("fast_graphs_no_compile", "(c') + CUDA graph"),
-                       ("fast", "(c) + torch.compile (default)")):
+                       ("fast", "(c) + torch.compile (default)"), ("fast_release", "(c) buffers freed after each call")):
         r = res.get(key)
         if not isinstance(r, dict):
             if r:
@@ -423,7 +460,7 @@ def summary(res: dict) -> None:
     for k in ("run_prior", "run_ours"):
         if k in res:
             r = res[k]
-            print(f"{k}: {r['total_s'] / 60:.1f} min (sft {r['sft_s']:.0f} s, rollouts {r['rollouts_s']:.0f} s, pg {r['pg_s']:.0f} s, one-time {r['one_time_s']:.0f} s)")
+            print(f"{k}: {r['total_s'] / 60:.1f} min (sft {r['sft_s']:.0f} s, rollouts {r['rollouts_s']:.0f} s, pg {r['pg_s']:.0f} s, one-time {r['one_time_s']:.0f} s): {r['config']}")
 
 
 if __name__ == "__main__":

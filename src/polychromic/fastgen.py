@@ -9,7 +9,7 @@ This module closes the gap:
    fused buffers [q;k;v] and [gate;up]). The model's own parameters are never written, so the
    trainable state after generation is bit-identical to before (tested); merging in place and
    unmerging in bf16 would not be (W + D - D != W in bf16). The copy costs the projections' bytes
-   once (about 15 GB on 8B) and is refreshed at every call, since training moves the adapter.
+   once (13.9 GB on Qwen3-8B) and is refreshed at every call, since training moves the adapter.
 2. A static KV cache per shape bucket (rows rounded up to 8, prompt width to 32, cache length
    to 64): a training run meets a handful of shapes, so nothing recompiles step after step.
 3. One decode step (embedding, all layers, final norm, lm_head, sampling, state update) captured
@@ -623,10 +623,13 @@ def _engine(model, compile: bool, graphs: bool) -> _Engine:
     return eng
 
 
-def release(model) -> None:
-    """Frees the merged weight copy, KV caches and graphs held for `model`."""
+def release(model, empty_cache: bool = True) -> None:
+    """Frees the merged weight copy, KV caches and graphs held for `model` (the compiled layer
+    function stays cached). A training loop short of memory calls this after its rollouts, with
+    empty_cache=False so the training step reuses the freed blocks; the next `sample` then
+    re-allocates and re-captures (no recompile: docs/performance.md has the cost)."""
     _ENGINES.pop(model, None)
-    if torch.cuda.is_available():
+    if empty_cache and torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
