@@ -109,14 +109,28 @@ def _steps(cfg: Config, n_train: int, world: int = 1) -> int:
     return max(1, math.ceil(n_train * cfg.trainer.epochs / per_step))
 
 
+CALIBRATION_KEYS = ("model_params", "sft_step_seconds", "sft_step_tokens", "rollout_seconds", "rollout_new_tokens",
+                    "rollout_samples", "pg_step_seconds", "pg_tokens")
+
+
 def load_calibration(device_name: str) -> dict | None:
-    """Benchmark numbers measured on this GPU model (benchmarks/results/*.json), if any."""
+    """Benchmark numbers measured on this GPU model (benchmarks/results/*.json), if any. A file
+    for this device that cannot be used raises ValueError naming it (estimate_from_calibration
+    would otherwise fail later with a bare KeyError)."""
     if not BENCH_DIR.is_dir():
         return None
     for p in sorted(BENCH_DIR.glob("*.json")):
-        data = json.loads(p.read_text())
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{p}: invalid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a JSON object, got {type(data).__name__}")
         dev = str(data.get("device", ""))
         if dev and (dev in device_name or device_name in dev):
+            missing = [k for k in CALIBRATION_KEYS if not isinstance(data.get(k), (int, float)) or isinstance(data.get(k), bool) or data[k] <= 0]
+            if missing:
+                raise ValueError(f"{p}: calibration for {dev!r} lacks positive numbers for {', '.join(missing)}")
             data["_file"] = str(p)
             return data
     return None
@@ -147,7 +161,8 @@ def measure_step_costs(cfg: Config) -> dict:
         if cfg.objective.name != "sft":
             variants["div"] = replace(cfg.objective, compute_diversity_every_n_steps=1)
         for key, obj in variants.items():
-            c = replace(cfg, objective=obj, runs_dir=tmp, experiment=f"measure_{key}", trainer=replace(cfg.trainer, max_steps=3, save_every=1000), tracking=replace(cfg.tracking, backends=[]))
+            # log_every=1: the step times are read from metrics.jsonl, which needs a row per step
+            c = replace(cfg, objective=obj, runs_dir=tmp, experiment=f"measure_{key}", trainer=replace(cfg.trainer, max_steps=3, save_every=1000, log_every=1), tracking=replace(cfg.tracking, backends=[]))
             train(c)
             rows = [json.loads(x) for x in (Path(tmp) / c.experiment / f"seed_{c.seed}" / "metrics.jsonl").read_text().splitlines()]
             times = [r["time"] for r in rows]
@@ -238,7 +253,11 @@ def preflight(cfg: Config, measure: bool = False, price_per_hour: float | None =
         if measure:
             timing = measure_step_costs(cfg)
         else:
-            cal = load_calibration(dev_name) if dev_name != "cpu" else None
+            try:
+                cal = load_calibration(dev_name) if dev_name != "cpu" else None
+            except ValueError as exc:
+                cal = None
+                print(f"estimate: benchmark numbers unusable: {exc}", file=out)
             if cal:
                 timing = estimate_from_calibration(cfg, cal, n_params, steps)
         if timing:

@@ -25,8 +25,13 @@ def ce_loss(model, batch: dict, n_target_tokens: float) -> tuple[torch.Tensor, t
     """(loss to backpropagate = summed CE / n_target_tokens, detached summed CE of this micro-batch)."""
     if n_target_tokens <= 0:
         raise ValueError("ce_loss: the accumulated batch has no target tokens (every reply truncated away?)")
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logits = out.logits[:, :-1, :].float()
+    # Only positions that predict a reply token need logits: on a big vocabulary the LM head is
+    # most of the step's FLOPs and memory, and prompts are most of the tokens. Keep the union of
+    # those positions over the batch (transformers' logits_to_keep accepts an index tensor).
     labels = batch["labels"][:, 1:]
+    keep = (labels != -100).any(dim=0).nonzero().squeeze(-1)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=keep)
+    logits = out.logits.float()
+    labels = labels[:, keep]
     ce_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
     return ce_sum / n_target_tokens, ce_sum.detach()
