@@ -274,6 +274,10 @@ def preflight(cfg: Config, measure: bool = False, price_per_hour: float | None =
 def _check_adapter(name: str, path: Path, cfg: Config, modules: dict | None) -> Check:
     cfg_file = path / "adapter_config.json"
     if not cfg_file.is_file():
+        if not path.exists() and path.resolve().is_relative_to(Path(cfg.runs_dir).resolve()):
+            # A run of this project that has not been trained yet (a train config whose eval
+            # section lists the sweep's adapters): only `evaluate` needs it.
+            return Check(f"adapter {name}", "WARN", f"{path}: not trained yet (needed by `evaluate`, not by `train`)")
         return Check(f"adapter {name}", "FAIL", f"{path}: no adapter_config.json", "train it first, or fix eval.models[].adapter")
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
