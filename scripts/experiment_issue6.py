@@ -3,16 +3,16 @@
 
 Run from the repository root (docs/results.md has the whole story and the numbers):
 
-    python scripts/experiment_issue6.py run                 # calibrate the lambda scale, then everything
-    python scripts/experiment_issue6.py run --scale 64      # skip calibration: lambda = 64 x {0.3, 1, 2}
-    python scripts/experiment_issue6.py write-configs --scale 64   # the per-arm configs + eval config
+    python scripts/experiment_issue6.py run                     # calibrate quality function and scale, then all
+    python scripts/experiment_issue6.py run --variant guard --scale 25   # skip calibration: lambda = 25 x {0.3, 1, 2}
+    python scripts/experiment_issue6.py write-configs --variant guard --scale 25   # per-arm configs + eval config
 
 `run` does, skipping whatever is already done (a rerun resumes):
  1. data: `polychromic data prepare` of the chatterbot dialogs (grouped splits); the embedded GGUF
     is de-quantized once, before the training processes start.
- 2. calibration of the lambda scale s (unless --scale): SFT seed 0, and polychromic seed 0 at
-    lambda = s for each candidate s, evaluated on the VALIDATION split; `choose_scale` (a rule
-    fixed before the run) picks s. The test split is not looked at.
+ 2. calibration (unless --scale): SFT seed 0, and polychromic seed 0 at lambda = s for each
+    candidate quality function (VARIANTS) and scale s, evaluated on the VALIDATION split;
+    `choose_scale` (a rule fixed before the run) picks both. The test split is not looked at.
  3. training: arms x seeds 0, 1, 2, one `polychromic train` process per run, many at once on one
     GPU (a 135M model leaves a GPU mostly idle: its steps are bound by Python and kernel launches).
  4. `polychromic evaluate` on the test split: base + every adapter, k = 10, one decoding for all.
@@ -44,10 +44,16 @@ CONFIGS = Path("configs/experiments")
 SEEDS = (0, 1, 2)
 ROLES = {"conservative": 0.3, "moderate": 1.0, "aggressive": 2.0}
 """The prior's lambdas per variant; each is multiplied by the scale s (docs/results.md)."""
-CANDIDATES = (10.0, 25.0, 64.0, 160.0)
+CANDIDATES = (10.0, 25.0, 64.0)
 """Scales tried in calibration. 64 = rollout.max_generation_length is the principled one: the
 polychromic loss divides a sequence-level reward's score function by L_norm = 64, while the prior's
-float penalty compared a sequence-level D with a per-token CE; lambda x L_norm undoes that."""
+float penalty compared a sequence-level D with a per-token CE; lambda x L_norm undoes that.
+(A first calibration, at rollout temperature 1.0 with q = guard x relevance, tried 10, 25, 64 and
+160: every one lowered diversity; docs/results.md, "What we tried".)"""
+VARIANTS = {"guard": ["objective.quality=guard"], "rel": ["objective.quality=guard_x_relevance"]}
+"""Quality functions q inside F(S) = mean q x d(S), for training only (evaluation always scores
+q = guard x relevance): `guard` (1 for a finished, non-degenerate reply) or `rel` (guard x
+relevance, the default)."""
 CAL_GAIN = 0.20
 """Calibration asks for this relative gain on the validation split (the test target is 15%)."""
 CAL_QUALITY_SLACK = 0.03
@@ -87,6 +93,8 @@ class Run:
     seed: int
     lam: float | None = None
     """Polychromic lambda (set by this script); None for the other objectives."""
+    variant: str | None = None
+    """Polychromic quality function (a VARIANTS key)."""
 
     @property
     def config(self) -> Path:
@@ -94,7 +102,7 @@ class Run:
 
     @property
     def experiment(self) -> str:
-        return f"issue6_polychromic_lam{fmt_lam(self.lam)}" if self.lam is not None else f"issue6_{self.arm}"
+        return f"issue6_polychromic_{self.variant}_lam{fmt_lam(self.lam)}" if self.lam is not None else f"issue6_{self.arm}"
 
     @property
     def name(self) -> str:
@@ -103,18 +111,18 @@ class Run:
     def overrides(self, extra: list[str]) -> list[str]:
         out = [f"seed={self.seed}", *extra]
         if self.lam is not None:
-            out += [f"objective.diversity_weight={fmt_lam(self.lam)}", f"experiment={self.experiment}"]
+            out += [*VARIANTS[self.variant], f"objective.diversity_weight={fmt_lam(self.lam)}", f"experiment={self.experiment}"]
         return out
 
     def run_dir(self, runs_dir: Path) -> Path:
         return runs_dir / self.experiment / f"seed_{self.seed}"
 
 
-def arm_runs(scale: float, seeds: tuple[int, ...]) -> list[Run]:
+def arm_runs(scale: float, variant: str, seeds: tuple[int, ...]) -> list[Run]:
     """Every run of the experiment, the ones the targets need most first."""
-    first = [Run("sft_baseline", s) for s in seeds] + [Run("polychromic_moderate", s, scale) for s in seeds]
+    first = [Run("sft_baseline", s) for s in seeds] + [Run("polychromic_moderate", s, scale, variant) for s in seeds]
     rest = [Run("float_penalty", s) for s in seeds]
-    rest += [Run(f"polychromic_{role}", s, ROLES[role] * scale) for role in ("conservative", "aggressive") for s in seeds]
+    rest += [Run(f"polychromic_{role}", s, ROLES[role] * scale, variant) for role in ("conservative", "aggressive") for s in seeds]
     return first + rest
 
 
@@ -231,16 +239,17 @@ def at_least(x: float | None, bound: float) -> bool:
     return x is not None and x >= bound
 
 
-def choose_scale(eval_dir: Path, baseline: str, candidates: dict[float, str], k: int) -> dict:
-    """The calibration rule, fixed before the run: the smallest scale whose moderate model gains at
-    least CAL_GAIN on both primary metrics over the SFT model on the validation prompts, with
-    relevance and reference NLL at most CAL_QUALITY_SLACK worse and pass@k at most CAL_PASS_SLACK
-    lower; if none gains enough, the quality-passing scale with the largest cosine gain; if no
-    scale passes quality, the smallest."""
+def choose_scale(eval_dir: Path, baseline: str, candidates: dict[tuple[str, float], str], k: int) -> dict:
+    """The calibration rule, fixed before the run, over (quality function, scale) candidates: the
+    smallest scale whose moderate model gains at least CAL_GAIN on both primary metrics over the
+    SFT model on the validation prompts, with relevance and reference NLL at most
+    CAL_QUALITY_SLACK worse and pass@k at most CAL_PASS_SLACK lower (ties: the larger cosine
+    gain); if none gains enough, the quality-passing candidate with the largest cosine gain; if
+    none passes quality, the smallest scale of the first variant."""
     pp = per_prompt(eval_dir)
     rows = {}
-    for s, model in sorted(candidates.items()):
-        row = {"model": model}
+    for (variant, s), model in candidates.items():
+        row = {"model": model, "variant": variant, "scale": s}
         for metric in (*PRIMARY, "relevance", "ref_nll", f"pass_at_{k}", "quality"):
             m, b, n = paired_means(pp, model, baseline, metric)
             row[metric] = {"model": m, "baseline": b, "relative": rel(m, b), "n": n}
@@ -248,19 +257,20 @@ def choose_scale(eval_dir: Path, baseline: str, candidates: dict[float, str], k:
                              and at_least(-(row["ref_nll"]["relative"] or 0.0), -CAL_QUALITY_SLACK)
                              and row[f"pass_at_{k}"]["model"] >= row[f"pass_at_{k}"]["baseline"] - CAL_PASS_SLACK)
         row["gain_ok"] = all(at_least(row[m]["relative"], CAL_GAIN) for m in PRIMARY)
-        rows[fmt_lam(s)] = row
-    scales = sorted(candidates)
-    both = [s for s in scales if rows[fmt_lam(s)]["quality_ok"] and rows[fmt_lam(s)]["gain_ok"]]
-    good = [s for s in scales if rows[fmt_lam(s)]["quality_ok"]]
+        rows[f"{variant}_s{fmt_lam(s)}"] = row
+    cos = lambda key: rows[key][PRIMARY[0]]["relative"] or 0.0  # noqa: E731
+    both = sorted((k_ for k_, r in rows.items() if r["quality_ok"] and r["gain_ok"]), key=lambda k_: (rows[k_]["scale"], -cos(k_)))
+    good = [k_ for k_, r in rows.items() if r["quality_ok"]]
     if both:
-        chosen, why = both[0], "smallest scale with both primary gains >= 20% and quality within 3%"
+        key, why = both[0], "smallest scale with both primary gains >= 20% and quality within 3%"
     elif good:
-        chosen = max(good, key=lambda s: rows[fmt_lam(s)][PRIMARY[0]]["relative"] or 0.0)
-        why = "no scale gained 20% within the quality bounds: the quality-passing scale with the largest cosine gain"
+        key = max(good, key=cos)
+        why = "no candidate gained 20% within the quality bounds: the quality-passing one with the largest cosine gain"
     else:
-        chosen, why = scales[0], "no scale kept quality within 3%: the smallest"
-    return {"chosen_scale": chosen, "reason": why, "candidates": rows, "baseline": baseline, "split": "val",
-            "rule": {"gain": CAL_GAIN, "quality_slack": CAL_QUALITY_SLACK, "pass_slack": CAL_PASS_SLACK}}
+        key = min(rows, key=lambda k_: (list(VARIANTS).index(rows[k_]["variant"]), rows[k_]["scale"]))
+        why = "no candidate kept quality within 3%: the smallest scale of the first variant"
+    return {"chosen_scale": rows[key]["scale"], "chosen_variant": rows[key]["variant"], "reason": why, "candidates": rows,
+            "baseline": baseline, "split": "val", "rule": {"gain": CAL_GAIN, "quality_slack": CAL_QUALITY_SLACK, "pass_slack": CAL_PASS_SLACK}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +345,7 @@ def adapters_identical(a: Path, b: Path) -> dict:
             "max_abs_diff": max_abs, "sha256": sha}
 
 
-def summarize(runs_dir: Path, scale: float, k: int, seeds: tuple[int, ...]) -> dict:
+def summarize(runs_dir: Path, scale: float, variant: str, k: int, seeds: tuple[int, ...]) -> dict:
     pooled = json.loads((runs_dir / "eval_pooled" / "results.json").read_text())
     comp = pooled["comparisons"]
     base = pooled["baseline"]
@@ -349,7 +359,8 @@ def summarize(runs_dir: Path, scale: float, k: int, seeds: tuple[int, ...]) -> d
                 "n": c["n"]}
 
     metrics = (*PRIMARY, "relevance", "ref_nll", f"pass_at_{k}", "quality", "length_tokens")
-    out: dict = {"scale": scale, "lambdas": {r: ROLES[r] * scale for r in ROLES}, "baseline": base, "k": k,
+    out: dict = {"scale": scale, "variant": variant, "training_quality": VARIANTS[variant],
+                 "lambdas": {r: ROLES[r] * scale for r in ROLES}, "baseline": base, "k": k,
                  "comparisons": {arm: {m: cmp(arm, m) for m in metrics} for arm in comp}}
     means = {arm: {m: v["metrics"][m]["mean"] for m in metrics if m in v["metrics"]} for arm, v in pooled["per_model"].items()}
     out["pooled_means"] = means
@@ -462,21 +473,22 @@ def frontier_figure(runs_dir: Path, summary: dict, path: Path) -> None:
 # Configs for a chosen scale (written here, committed)
 
 
-def write_configs(scale: float, runs_dir: Path, seeds: tuple[int, ...]) -> list[Path]:
+def write_configs(scale: float, variant: str, runs_dir: Path, seeds: tuple[int, ...]) -> list[Path]:
     written = []
+    quality = VARIANTS[variant][0].split("=", 1)[1]
     for role, f in ROLES.items():
-        lam = f * scale
+        run = Run(f"polychromic_{role}", 0, f * scale, variant)
         p = ROOT / CONFIGS / f"issue6_polychromic_{role}.yaml"
-        p.write_text(f"# The {role} arm: lambda = {f:g} x s, s = {scale:g} (docs/results.md, \"Scaling lambda\").\n"
+        p.write_text(f"# The {role} arm: lambda = {f:g} x s, s = {scale:g}, q = {quality} (docs/results.md, \"Scaling lambda\").\n"
                      f"# scripts/experiment_issue6.py sets the same values through overrides.\n"
-                     f"extends: issue6_polychromic.yaml\nexperiment: issue6_polychromic_lam{fmt_lam(lam)}\n"
-                     f"objective:\n  diversity_weight: {fmt_lam(lam)}\n", encoding="utf-8")
+                     f"extends: issue6_polychromic.yaml\nexperiment: {run.experiment}\n"
+                     f"objective:\n  diversity_weight: {fmt_lam(run.lam)}\n  quality: {quality}\n", encoding="utf-8")
         written.append(p)
-    models = model_list(arm_runs(scale, seeds), runs_dir, with_base=True)
+    models = model_list(arm_runs(scale, variant, seeds), runs_dir, with_base=True)
     order = ["base", "sft_baseline", "float_penalty", "polychromic_conservative", "polychromic_moderate", "polychromic_aggressive"]
     models.sort(key=lambda m: (order.index(m["name"].rsplit("_s", 1)[0]), m["name"]))
     lines = ["# Issue 6 evaluation: base + every arm x seed on the test split, k = 10, one decoding for all.",
-             f"# Written by `scripts/experiment_issue6.py write-configs --scale {scale:g}`; `run` passes the same list.",
+             f"# Written by `scripts/experiment_issue6.py write-configs --variant {variant} --scale {scale:g}`; `run` passes the same list.",
              "extends: issue6_base.yaml", "experiment: issue6_eval", "eval:", "  baseline: sft_baseline_s0", "  models:"]
     lines += ["    - {name: %s%s}" % (m["name"], f", adapter: {m['adapter']}" if m.get("adapter") else "") for m in models]
     p = ROOT / CONFIGS / "issue6_eval.yaml"
@@ -515,24 +527,24 @@ def run(args) -> None:
 
     # 2. calibration on the validation split
     if args.scale is None:
-        cal_runs = [Run("sft_baseline", 0)] + [Run(f"polychromic_cal{fmt_lam(s)}", 0, s) for s in args.candidates]
+        cal_runs = [Run("sft_baseline", 0)] + [Run(f"polychromic_cal_{v}{fmt_lam(s)}", 0, s, v) for v in args.variants for s in args.candidates]
         failed = train_all(cal_runs, extra, runs_dir, args.parallel, progress)
         if failed:
             raise SystemExit(f"calibration runs failed: {[r.name for r in failed]}; see {runs_dir}/logs")
         say(f"calibration trained ({time.time() - t0:.0f} s); evaluating on the validation split", progress)
         evaluate(model_list(cal_runs, runs_dir, with_base=False), "sft_baseline_s0", runs_dir / "eval_val", extra + ["eval.split=val"],
                  runs_dir / "logs" / "eval_val.log")
-        cal = choose_scale(runs_dir / "eval_val", "sft_baseline_s0", {r.lam: r.name for r in cal_runs[1:]}, k)
+        cal = choose_scale(runs_dir / "eval_val", "sft_baseline_s0", {(r.variant, r.lam): r.name for r in cal_runs[1:]}, k)
         (runs_dir / "calibration.json").write_text(json.dumps(cal, indent=1))
-        scale = cal["chosen_scale"]
-        say(f"calibration: scale {scale:g} ({cal['reason']}): " + "; ".join(
+        scale, variant = cal["chosen_scale"], cal["chosen_variant"]
+        say(f"calibration: q = {variant}, scale {scale:g} ({cal['reason']}): " + "; ".join(
             f"s={s}: cos {pct(v[PRIMARY[0]]['relative'])}, d2 {pct(v[PRIMARY[1]]['relative'])}, rel {pct(v['relevance']['relative'])}, "
             f"nll {pct(v['ref_nll']['relative'])}" for s, v in cal["candidates"].items()), progress)
     else:
-        scale = args.scale
+        scale, variant = args.scale, args.variant
 
     # 3. training
-    runs = arm_runs(scale, seeds)
+    runs = arm_runs(scale, variant, seeds)
     failed = train_all(runs, extra, runs_dir, args.parallel, progress)
     done = [r for r in runs if r not in failed]
     say(f"training finished ({time.time() - t0:.0f} s); failed: {[r.name for r in failed] or 'none'}", progress)
@@ -559,7 +571,7 @@ def run(args) -> None:
     say(f"temperature curve evaluated ({time.time() - t0:.0f} s)", progress)
 
     # 7. summary
-    summary = summarize(runs_dir, scale, k, seeds)
+    summary = summarize(runs_dir, scale, variant, k, seeds)
     summary["failed_runs"] = [r.name for r in failed]
     summary["wall_seconds"] = time.time() - t0
     (runs_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -657,6 +669,8 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="the whole experiment (resumes)")
     r.add_argument("--scale", type=float, default=None, help="lambda scale s; default: calibrate on the validation split")
+    r.add_argument("--variant", choices=list(VARIANTS), default="guard", help="training quality function (with --scale)")
+    r.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="calibration candidates")
     r.add_argument("--candidates", type=float, nargs="+", default=list(CANDIDATES))
     r.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     r.add_argument("--parallel", type=int, default=16, help="training processes at a time")
@@ -664,6 +678,7 @@ def main() -> None:
     r.add_argument("--smoke", action="store_true", help="tiny sizes: checks this script end to end on a CPU")
     w = sub.add_parser("write-configs", help="write the per-arm configs and the eval config for a scale")
     w.add_argument("--scale", type=float, required=True)
+    w.add_argument("--variant", choices=list(VARIANTS), required=True)
     w.add_argument("--runs-dir", default="runs/issue6")
     b = sub.add_parser("bundle", help="tar the small result files")
     b.add_argument("--runs-dir", default="runs/issue6")
@@ -684,7 +699,7 @@ def main() -> None:
             a.candidates = [10.0, 64.0]
         run(a)
     elif a.cmd == "write-configs":
-        for p in write_configs(a.scale, Path(a.runs_dir), SEEDS):
+        for p in write_configs(a.scale, a.variant, Path(a.runs_dir), SEEDS):
             print(f"wrote {p}")
     elif a.cmd == "device-setup":
         device_setup(a)

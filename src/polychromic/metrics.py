@@ -262,6 +262,10 @@ def cosine_similarity_matrix(embeddings) -> np.ndarray:
     """(k, k) cosine Gram matrix of L2-normalised rows, clipped to [-1, 1] with an exact unit
     diagonal (round-off would otherwise make identical samples 1e-16 apart)."""
     e = _check_matrix(embeddings, "embeddings", 2)
+    # Scale each row by its largest entry first: the norm of a row with entries ~1e200 would
+    # overflow to inf and silently turn the row into zeros.
+    scale = np.max(np.abs(e), axis=1, keepdims=True)
+    e = np.divide(e, scale, out=np.zeros_like(e), where=scale > 0)
     norms = np.linalg.norm(e, axis=1)
     if np.any(norms == 0):
         raise ValueError(f"embeddings: row(s) {np.flatnonzero(norms == 0).tolist()} have zero norm (broken embedder?)")
