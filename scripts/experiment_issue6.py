@@ -437,7 +437,8 @@ def frontier(curve: dict, means: dict, k: int) -> dict:
                     if x0 <= x <= x1 and x1 > x0:
                         y = v0[q] + (v1[q] - v0[q]) * (x - x0) / (x1 - x0)
             a = m.get(q)
-            outward = None if y is None or a is None else (a >= y if beyond == "right" else a > y)
+            # A tolerance, so that the baseline is not "outward" of its own curve by float round-off.
+            outward = None if y is None or a is None else (a >= y if beyond == "right" else a > y + 1e-9 * max(1.0, abs(y)))
             entry[q] = {"arm": a, "baseline_curve_at_same_diversity": y, "beyond": beyond, "outward": outward}
         out[arm] = entry
     return out
@@ -465,6 +466,47 @@ def frontier_figure(runs_dir: Path, summary: dict, path: Path) -> None:
         if j == 0:
             ax.legend(fontsize=7)
     fig.suptitle("Seed-pooled means on the test prompts; the gray curve is the SFT baseline's own temperature trade-off", fontsize=9)
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(str(path))
+
+
+def calibration_figure(calibrations: list[tuple[str, Path]], summary: Path, path: Path) -> None:
+    """Relative change against the SFT model of every calibration candidate (validation split,
+    seed 0): cosine diversity (x) against relevance (y), labelled with the reference-NLL change;
+    with the SFT baseline's own temperature curve (test split, seed-pooled) as the trade-off line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5))
+    ax = fig.add_subplot(1, 1, 1)
+    curve = json.loads(summary.read_text())["baseline_temperature_curve"]
+    ts = sorted(curve, key=float)
+    c0 = curve[ts[0]]
+    xs = [100 * rel(curve[t][PRIMARY[0]], c0[PRIMARY[0]]) for t in ts]
+    ys = [100 * rel(curve[t]["relevance"], c0["relevance"]) for t in ts]
+    ax.plot(xs, ys, "o--", color="gray", label="SFT baseline at T = " + ", ".join(ts) + " (test, pooled; ref NLL unchanged)")
+    markers = iter("s^Dv")
+    for label, cal_path in calibrations:
+        cal = json.loads(cal_path.read_text())
+        groups: dict[str, list] = {}
+        for key, row in cal["candidates"].items():
+            # Files of the first calibration have neither field: keys are the scales, q was guard x relevance.
+            scale = row["scale"] if "scale" in row else float(key)
+            groups.setdefault(row.get("variant", "rel"), []).append((scale, row))
+        for variant, rows in groups.items():
+            rows.sort(key=lambda t: t[0])
+            x = [100 * r[PRIMARY[0]]["relative"] for _, r in rows]
+            y = [100 * r["relevance"]["relative"] for _, r in rows]
+            ax.plot(x, y, marker=next(markers), label=f"{label}, q = {variant}")
+            for (sc, r), xi, yi in zip(rows, x, y):
+                ax.annotate(f"s={sc:g}, NLL {100 * r['ref_nll']['relative']:+.0f}%", (xi, yi), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_xlabel("mean pairwise cosine distance, % change vs SFT")
+    ax.set_ylabel("relevance, % change vs SFT")
+    ax.set_title("Calibration candidates (validation split, seed 0) against the temperature trade-off", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     FigureCanvasAgg(fig).print_png(str(path))
 
@@ -689,6 +731,10 @@ def main() -> None:
     d.add_argument("--payload", default="/root/payload.tar.xz")
     d.add_argument("--site", default="/tmp/site")
     d.add_argument("--wheels", default=".whl")
+    cf = sub.add_parser("plot-calibration", help="the calibration candidates against the baseline's temperature curve")
+    cf.add_argument("--calibration", nargs=2, action="append", metavar=("LABEL", "JSON"), required=True)
+    cf.add_argument("--summary", default="runs/issue6/summary.json")
+    cf.add_argument("--out", required=True)
     wt = sub.add_parser("wait", help="wait for a background `run`, print its progress, bundle")
     wt.add_argument("--runs-dir", default="runs/issue6")
     wt.add_argument("--seconds", type=float, default=540)
@@ -705,6 +751,8 @@ def main() -> None:
         device_setup(a)
     elif a.cmd == "wait":
         wait(a)
+    elif a.cmd == "plot-calibration":
+        calibration_figure([(lab, Path(j)) for lab, j in a.calibration], Path(a.summary), Path(a.out))
     else:
         bundle(a)
 
