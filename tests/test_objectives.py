@@ -242,6 +242,16 @@ def test_relevance_and_quality_modes():
         score_quality(prompts, texts, finished, None, ObjectiveConfig())
 
 
+def test_relevance_gate_is_a_constraint_not_a_reward():
+    # relevance 1.0, 0.0, and cos = 0.6 for the third: the gate passes exactly those >= tau, as 1.
+    emb = lambda xs: np.array([[1.0, 0.0] if "cat" in x else [0.0, 1.0] if "car" in x else [0.6, 0.8] for x in xs])
+    prompts, texts = ["cat"] * 3, ["cat cat", "car car", "dog dog"]
+    gate = lambda tau: score_quality(prompts, texts, [True] * 3, emb, ObjectiveConfig(quality="guard_x_relevance_gate", relevance_threshold=tau))
+    np.testing.assert_array_equal(gate(0.5), [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(gate(0.7), [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(score_quality(prompts, texts, [True] * 3, emb, ObjectiveConfig()), [1.0, 0.0, 0.6], atol=1e-6)
+
+
 @pytest.mark.parametrize("metric", ["semantic", "bleu", "distinct"])
 def test_distance_matrices(metric):
     texts = ["the cat sat on the mat", "the cat sat on the mat", "a dog drove a red car fast", ""]

@@ -115,8 +115,12 @@ class ObjectiveConfig:
     """F(S): mean q * d(S) (default), d(S) alone, or max q (pass@k objective)."""
     estimator: Literal["set", "pointwise"] = "set"
     """set: leave-one-out set advantages (unbiased); pointwise: DARLING-style surrogate."""
-    quality: Literal["guard_x_relevance", "guard", "relevance", "constant"] = "guard_x_relevance"
-    """q in [0, 1]: non-degeneracy guard x embedding relevance of reply to prompt (default)."""
+    quality: Literal["guard_x_relevance", "guard_x_relevance_gate", "guard", "relevance", "constant"] = "guard_x_relevance"
+    """q in [0, 1]: non-degeneracy guard x embedding relevance of reply to prompt (default);
+    guard_x_relevance_gate: guard x 1[relevance >= relevance_threshold] (relevance as a
+    constraint rather than a reward, so the set term cannot turn into a relevance optimiser)."""
+    relevance_threshold: float = 0.3
+    """tau of guard_x_relevance_gate."""
     min_reply_words: int = 2
     """Guard: replies with fewer words score 0."""
     max_repeat_fraction: float = 0.5
@@ -273,6 +277,7 @@ def _invariants(c: Config) -> list[str]:
     need(o.max_subsets >= 1, "objective.max_subsets: must be >= 1")
     need(o.kl_beta >= 0, "objective.kl_beta: must be >= 0")
     need(o.min_reply_words >= 0, "objective.min_reply_words: must be >= 0")
+    need(0.0 <= o.relevance_threshold <= 1.0, "objective.relevance_threshold: must be in [0, 1]")
     need(0.0 < o.max_repeat_fraction <= 1.0, "objective.max_repeat_fraction: must be in (0, 1]")
     if o.name == "polychromic":
         n = c.set_size

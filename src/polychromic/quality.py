@@ -34,7 +34,8 @@ from polychromic.metrics import distinct_n, pairwise_bleu_matrix, tokenize
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
-QUALITIES = ("guard_x_relevance", "guard", "relevance", "constant")
+QUALITIES = ("guard_x_relevance", "guard_x_relevance_gate", "guard", "relevance", "constant")
+USES_RELEVANCE = ("guard_x_relevance", "guard_x_relevance_gate", "relevance")
 DISTANCES = ("semantic", "bleu", "distinct")
 
 
@@ -117,13 +118,13 @@ def score_parts(
     if cfg.quality not in QUALITIES:
         raise ValueError(f"objective.quality: unknown {cfg.quality!r}; expected one of {QUALITIES}")
     g = np.array([guard(t, f, cfg.min_reply_words, cfg.max_repeat_fraction) for t, f in zip(texts, finished)], dtype=np.float64)
-    if cfg.quality in ("guard_x_relevance", "relevance"):
+    if cfg.quality in USES_RELEVANCE:
         if embedder is None:
             raise ValueError(f"objective.quality={cfg.quality} needs a sentence embedder")
         r = relevance(prompts, texts, embedder)
     else:
         r = np.full(len(texts), np.nan)
-    q = {"guard_x_relevance": lambda: g * r, "guard": lambda: g, "relevance": lambda: r, "constant": lambda: np.ones(len(texts))}[cfg.quality]()
+    q = {"guard_x_relevance": lambda: g * r, "guard_x_relevance_gate": lambda: g * (r >= cfg.relevance_threshold), "guard": lambda: g, "relevance": lambda: r, "constant": lambda: np.ones(len(texts))}[cfg.quality]()
     return {"guard": g, "relevance": r, "quality": q}
 
 

@@ -39,6 +39,7 @@ from polychromic.monitor import Monitor
 from polychromic.objectives import OBJECTIVES, Terms
 from polychromic.objectives.sft import ce_loss, count_targets
 from polychromic.rollout import generate_rollouts, rollout_seed
+from polychromic.quality import USES_RELEVANCE
 from polychromic.rundir import (
     ADAPTER_DIR,
     checkpoint_dir,
@@ -170,7 +171,7 @@ class _Setup:
 
         o = cfg.objective
         needs_embedder = OBJECTIVES[o.name].NEEDS_ROLLOUTS and (
-            o.diversity_metric == "semantic" or o.quality in ("guard_x_relevance", "relevance")
+            o.diversity_metric == "semantic" or o.quality in USES_RELEVANCE
         )
         self.embedder = load_embedder(o.diversity_encoder_model, device=str(self.device)) if needs_embedder else None
         # Reseeded last, after everything that may draw random numbers while being built (the
