@@ -50,7 +50,8 @@ polychromic loss divides a sequence-level reward's score function by L_norm = 64
 float penalty compared a sequence-level D with a per-token CE; lambda x L_norm undoes that.
 (A first calibration, at rollout temperature 1.0 with q = guard x relevance, tried 10, 25, 64 and
 160: every one lowered diversity; docs/results.md, "What we tried".)"""
-VARIANTS = {"guard": ["objective.quality=guard"], "rel": ["objective.quality=guard_x_relevance"]}
+VARIANTS = {"guard": ["objective.quality=guard"], "rel": ["objective.quality=guard_x_relevance"],
+            "gate": ["objective.quality=guard_x_relevance_gate"]}
 """Quality functions q inside F(S) = mean q x d(S), for training only (evaluation always scores
 q = guard x relevance): `guard` (1 for a finished, non-degenerate reply) or `rel` (guard x
 relevance, the default)."""
