@@ -28,6 +28,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from helpers import write_prepared
+
 from polychromic.config import load_config
 from polychromic.rundir import latest_checkpoint, read_state
 from polychromic.train import train
@@ -60,15 +62,6 @@ sys.exit(cli.main(["train", sys.argv[1]]))
 """
 
 
-def write_prepared(folder: Path, n_rows: int = 24) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = [
-        {"id": f"r{i}", "group": f"g{i // 2}", "prompt": f"what do you think of topic number {i // 2} today?",
-         "reply": f"I like topic {i // 2}, it is fine number {i % 5}."}
-        for i in range(n_rows)
-    ]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
 
 
 def config_file(root: Path, model_dir: Path, name: str) -> Path:

@@ -16,20 +16,12 @@ from safetensors.torch import load_file
 from polychromic.config import load_config
 from polychromic.rundir import latest_checkpoint, read_state
 from polychromic.train import train
+from helpers import write_prepared
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 STEPS = 10
 
 
-def write_prepared(folder, n_rows=24):
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = [
-        {"id": f"r{i}", "group": f"g{i // 2}", "prompt": f"what do you think of topic number {i // 2} today?",
-         "reply": f"I like topic {i // 2}, it is fine number {i % 5}."}
-        for i in range(n_rows)
-    ]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
 
 
 def config_file(tmp_path, model_dir, runs):

@@ -17,6 +17,7 @@ from polychromic.models import attach_lora, load_base_model
 from polychromic.monitor import AlertStop
 from polychromic.rundir import read_state
 from polychromic.train import train
+from helpers import write_prepared
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -27,15 +28,6 @@ NAMES = [
 ]
 
 
-def write_prepared(folder, n_rows=24):
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = [
-        {"id": f"r{i}", "group": f"g{i // 2}", "prompt": f"what do you think of topic number {i // 2} today?",
-         "reply": f"I like topic {i // 2}, it is fine number {i % 5}."}
-        for i in range(n_rows)
-    ]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
 
 
 def settings(tmp_path, model_dir):
