@@ -50,18 +50,37 @@ polychromic loss divides a sequence-level reward's score function by L_norm = 64
 float penalty compared a sequence-level D with a per-token CE; lambda x L_norm undoes that.
 (A first calibration, at rollout temperature 1.0 with q = guard x relevance, tried 10, 25, 64 and
 160: every one lowered diversity; docs/results.md, "What we tried".)"""
-VARIANTS = {"guard": ["objective.quality=guard"], "rel": ["objective.quality=guard_x_relevance"],
-            "gate": ["objective.quality=guard_x_relevance_gate"]}
-"""Quality functions q inside F(S) = mean q x d(S), for training only (evaluation always scores
-q = guard x relevance): `guard` (1 for a finished, non-degenerate reply) or `rel` (guard x
-relevance, the default)."""
+_MIX = ["objective.diversity_metric=semantic_distinct"]
+_BIG = ["rollout.n_generations=16", "rollout.max_examples_for_diversity=8"]
+VARIANTS = {
+    "guard": ["objective.quality=guard"],
+    "rel": ["objective.quality=guard_x_relevance"],
+    "gate": ["objective.quality=guard_x_relevance_gate"],
+    # Third run (docs/results.md, "Third run"): relevance only as a floor, wording in the distance,
+    # more samples per step.
+    "gate15": ["objective.quality=guard_x_relevance_gate", "objective.relevance_threshold=0.15"],
+    "gate15mix": ["objective.quality=guard_x_relevance_gate", "objective.relevance_threshold=0.15", *_MIX],
+    "ramp35mix": ["objective.quality=guard_x_relevance_ramp", "objective.relevance_threshold=0.35", *_MIX],
+    "guardmix": ["objective.quality=guard", *_MIX],
+    "gate15big": ["objective.quality=guard_x_relevance_gate", "objective.relevance_threshold=0.15", *_BIG],
+    "gate15mixbig": ["objective.quality=guard_x_relevance_gate", "objective.relevance_threshold=0.15", *_MIX, *_BIG],
+    "ramp35mixbig": ["objective.quality=guard_x_relevance_ramp", "objective.relevance_threshold=0.35", *_MIX, *_BIG],
+}
+"""Training variants of the polychromic arms, as config overrides (evaluation always scores
+q = guard x relevance). Quality q inside F(S) = mean q x d(S): `guard` (1 for a finished,
+non-degenerate reply), `rel` (guard x relevance, the default), `gate` (guard x 1[relevance >= tau],
+tau 0.3 or 0.15), `ramp` (guard x min(1, relevance / tau)). `mix`: d = the mean of the semantic
+and the word-bigram distance. `big`: N = 16 samples for M = 8 prompts per step instead of 8 x 4."""
+THIRD_RUN_GRID = ("gate15:25", "gate15:64", "gate15mix:25", "gate15mix:64", "ramp35mix:25", "ramp35mix:64", "guardmix:25",
+                  "gate15mixbig:25", "gate15mixbig:64", "ramp35mixbig:25", "ramp35mixbig:64", "gate15big:25")
+"""The calibration candidates of the third run (`run --grid ...`), variant:scale, fixed before it."""
 CAL_GAIN = 0.20
 """Calibration asks for this relative gain on the validation split (the test target is 15%)."""
 CAL_QUALITY_SLACK = 0.03
 """... with relevance and reference NLL at most 3% worse (the test allows 5%)."""
 CAL_PASS_SLACK = 0.02
 """... and pass@10 at most 0.02 lower."""
-TEMPERATURES = (0.85, 1.0)
+TEMPERATURES = (0.55, 0.85, 1.0)
 """Extra decodings of the SFT baseline: its own quality-diversity trade-off."""
 PRIMARY = ("mean_pairwise_cosine_distance", "distinct_2")
 SMOKE = ["trainer.max_steps=2", "data.max_train_examples=64", "rollout.n_generations=3", "rollout.max_examples_for_diversity=2",
@@ -153,8 +172,10 @@ def run_status(run_dir: Path) -> str | None:
     return json.loads(p.read_text())["status"] if p.is_file() else None
 
 
-def train_all(runs: list[Run], extra: list[str], runs_dir: Path, parallel: int, progress: Path) -> list[Run]:
-    """Train every run not yet done, `parallel` processes at a time; returns the runs that failed."""
+def train_all(runs: list[Run], extra: list[str], runs_dir: Path, parallel: int, progress: Path, retries: int = 1) -> list[Run]:
+    """Train every run not yet done, `parallel` processes at a time; a failed run (e.g. CUDA out of
+    memory with many processes on the GPU) is resumed up to `retries` more times, with fewer
+    processes beside it. Returns the runs that still failed."""
     todo = [r for r in runs if run_status(r.run_dir(runs_dir)) != "done"]
     say(f"training {len(todo)} run(s) ({len(runs) - len(todo)} already done), {parallel} at a time: "
         f"{', '.join(r.name + (f' (lambda {fmt_lam(r.lam)})' if r.lam is not None else '') for r in todo)}", progress)
@@ -175,6 +196,9 @@ def train_all(runs: list[Run], extra: list[str], runs_dir: Path, parallel: int, 
             say(f"  {r.name}: {'done' if ok else f'FAILED (exit {p.returncode})'} in {time.time() - t0:.0f} s", progress)
             if not ok:
                 failed.append(r)
+    if failed and retries > 0:
+        say(f"retrying {len(failed)} failed run(s) from their last checkpoint", progress)
+        return train_all(failed, extra, runs_dir, max(1, parallel // 2), progress, retries - 1)
     return failed
 
 
@@ -241,37 +265,45 @@ def at_least(x: float | None, bound: float) -> bool:
 
 
 def choose_scale(eval_dir: Path, baseline: str, candidates: dict[tuple[str, float], str], k: int) -> dict:
-    """The calibration rule, fixed before the run, over (quality function, scale) candidates: the
-    smallest scale whose moderate model gains at least CAL_GAIN on both primary metrics over the
-    SFT model on the validation prompts, with relevance and reference NLL at most
-    CAL_QUALITY_SLACK worse and pass@k at most CAL_PASS_SLACK lower (ties: the larger cosine
-    gain); if none gains enough, the quality-passing candidate with the largest cosine gain; if
-    none passes quality, the smallest scale of the first variant."""
+    """The calibration rule, fixed before the run, over (training variant, scale) candidates, each
+    compared with the SFT model on the validation prompts. A candidate's gain is the smaller of its
+    relative gains on the two primary metrics; its quality passes at slack x when relevance and
+    reference NLL are at most x worse and pass@k at most CAL_PASS_SLACK lower. Chosen, in order:
+    the smallest scale with gain >= CAL_GAIN and quality within CAL_QUALITY_SLACK (ties: the
+    larger gain); else the largest gain with quality within CAL_QUALITY_SLACK; else the largest
+    gain with quality within the target's own 5%; else the candidate losing the least relevance."""
     pp = per_prompt(eval_dir)
     rows = {}
     for (variant, s), model in candidates.items():
-        row = {"model": model, "variant": variant, "scale": s}
-        for metric in (*PRIMARY, "relevance", "ref_nll", f"pass_at_{k}", "quality"):
+        row = {"model": model, "variant": variant, "scale": s, "overrides": VARIANTS[variant]}
+        for metric in (*PRIMARY, "relevance", "ref_nll", f"pass_at_{k}", "quality", "length_tokens"):
             m, b, n = paired_means(pp, model, baseline, metric)
             row[metric] = {"model": m, "baseline": b, "relative": rel(m, b), "n": n}
-        row["quality_ok"] = (at_least(row["relevance"]["relative"], -CAL_QUALITY_SLACK)
-                             and at_least(-(row["ref_nll"]["relative"] or 0.0), -CAL_QUALITY_SLACK)
-                             and row[f"pass_at_{k}"]["model"] >= row[f"pass_at_{k}"]["baseline"] - CAL_PASS_SLACK)
-        row["gain_ok"] = all(at_least(row[m]["relative"], CAL_GAIN) for m in PRIMARY)
+        quality_ok = lambda x, row=row: (at_least(row["relevance"]["relative"], -x)  # noqa: E731
+                                         and at_least(-(row["ref_nll"]["relative"] or 0.0), -x)
+                                         and row[f"pass_at_{k}"]["model"] >= row[f"pass_at_{k}"]["baseline"] - CAL_PASS_SLACK)
+        row["quality_ok"], row["quality_ok_5pct"] = quality_ok(CAL_QUALITY_SLACK), quality_ok(0.05)
+        row["gain"] = min(row[m]["relative"] or 0.0 for m in PRIMARY)
+        row["gain_ok"] = row["gain"] >= CAL_GAIN
         rows[f"{variant}_s{fmt_lam(s)}"] = row
-    cos = lambda key: rows[key][PRIMARY[0]]["relative"] or 0.0  # noqa: E731
-    both = sorted((k_ for k_, r in rows.items() if r["quality_ok"] and r["gain_ok"]), key=lambda k_: (rows[k_]["scale"], -cos(k_)))
+    gain = lambda key: rows[key]["gain"]  # noqa: E731
+    both = sorted((k_ for k_, r in rows.items() if r["quality_ok"] and r["gain_ok"]), key=lambda k_: (rows[k_]["scale"], -gain(k_)))
     good = [k_ for k_, r in rows.items() if r["quality_ok"]]
+    fair = [k_ for k_, r in rows.items() if r["quality_ok_5pct"]]
     if both:
-        key, why = both[0], "smallest scale with both primary gains >= 20% and quality within 3%"
+        key, why = both[0], f"smallest scale with both primary gains >= {CAL_GAIN:.0%} and quality within {CAL_QUALITY_SLACK:.0%}"
     elif good:
-        key = max(good, key=cos)
-        why = "no candidate gained 20% within the quality bounds: the quality-passing one with the largest cosine gain"
+        key = max(good, key=gain)
+        why = f"no candidate gained {CAL_GAIN:.0%} within the quality bounds: the largest gain within {CAL_QUALITY_SLACK:.0%}"
+    elif fair:
+        key = max(fair, key=gain)
+        why = f"no candidate kept quality within {CAL_QUALITY_SLACK:.0%}: the largest gain within 5%"
     else:
-        key = min(rows, key=lambda k_: (list(VARIANTS).index(rows[k_]["variant"]), rows[k_]["scale"]))
-        why = "no candidate kept quality within 3%: the smallest scale of the first variant"
+        key = max(rows, key=lambda k_: rows[k_]["relevance"]["relative"] or 0.0)
+        why = "no candidate kept quality within 5%: the one losing the least relevance"
     return {"chosen_scale": rows[key]["scale"], "chosen_variant": rows[key]["variant"], "reason": why, "candidates": rows,
-            "baseline": baseline, "split": "val", "rule": {"gain": CAL_GAIN, "quality_slack": CAL_QUALITY_SLACK, "pass_slack": CAL_PASS_SLACK}}
+            "baseline": baseline, "split": "val", "rule": {"gain": CAL_GAIN, "quality_slack": CAL_QUALITY_SLACK, "pass_slack": CAL_PASS_SLACK,
+                                                          "gain_is": "min over " + ", ".join(PRIMARY)}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,16 +548,33 @@ def calibration_figure(calibrations: list[tuple[str, Path]], summary: Path, path
 # Configs for a chosen scale (written here, committed)
 
 
+def nested(overrides: list[str]) -> dict:
+    """["a.b=1", "a.c=x"] -> {"a": {"b": 1, "c": "x"}} (values read as YAML, as the CLI does)."""
+    import yaml
+
+    out: dict = {}
+    for o in overrides:
+        key, value = o.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
 def write_configs(scale: float, variant: str, runs_dir: Path, seeds: tuple[int, ...]) -> list[Path]:
+    import yaml
+
     written = []
-    quality = VARIANTS[variant][0].split("=", 1)[1]
     for role, f in ROLES.items():
         run = Run(f"polychromic_{role}", 0, f * scale, variant)
+        body = nested([*VARIANTS[variant], f"objective.diversity_weight={fmt_lam(run.lam)}"])
         p = ROOT / CONFIGS / f"issue6_polychromic_{role}.yaml"
-        p.write_text(f"# The {role} arm: lambda = {f:g} x s, s = {scale:g}, q = {quality} (docs/results.md, \"Scaling lambda\").\n"
+        p.write_text(f"# The {role} arm: lambda = {f:g} x s, s = {scale:g}, training variant `{variant}` (docs/results.md).\n"
                      f"# scripts/experiment_issue6.py sets the same values through overrides.\n"
                      f"extends: issue6_polychromic.yaml\nexperiment: {run.experiment}\n"
-                     f"objective:\n  diversity_weight: {fmt_lam(run.lam)}\n  quality: {quality}\n", encoding="utf-8")
+                     + yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
         written.append(p)
     models = model_list(arm_runs(scale, variant, seeds), runs_dir, with_base=True)
     order = ["base", "sft_baseline", "float_penalty", "polychromic_conservative", "polychromic_moderate", "polychromic_aggressive"]
@@ -570,10 +619,14 @@ def run(args) -> None:
 
     # 2. calibration on the validation split
     if args.scale is None:
-        cal_runs = [Run("sft_baseline", 0)] + [Run(f"polychromic_cal_{v}{fmt_lam(s)}", 0, s, v) for v in args.variants for s in args.candidates]
+        grid = [(v, float(x)) for v, x in (g.split(":") for g in args.grid)] if args.grid else [(v, s) for v in args.variants for s in args.candidates]
+        cal_runs = [Run("sft_baseline", 0)] + [Run(f"polychromic_cal_{v}{fmt_lam(s)}", 0, s, v) for v, s in grid]
         failed = train_all(cal_runs, extra, runs_dir, args.parallel, progress)
-        if failed:
+        if cal_runs[0] in failed or len(failed) == len(cal_runs) - 1:
             raise SystemExit(f"calibration runs failed: {[r.name for r in failed]}; see {runs_dir}/logs")
+        if failed:
+            say(f"calibration goes on without the failed run(s) {[r.name for r in failed]} (see {runs_dir}/logs)", progress)
+            cal_runs = [r for r in cal_runs if r not in failed]
         say(f"calibration trained ({time.time() - t0:.0f} s); evaluating on the validation split", progress)
         evaluate(model_list(cal_runs, runs_dir, with_base=False), "sft_baseline_s0", runs_dir / "eval_val", extra + ["eval.split=val"],
                  runs_dir / "logs" / "eval_val.log")
@@ -581,7 +634,7 @@ def run(args) -> None:
         (runs_dir / "calibration.json").write_text(json.dumps(cal, indent=1))
         scale, variant = cal["chosen_scale"], cal["chosen_variant"]
         say(f"calibration: q = {variant}, scale {scale:g} ({cal['reason']}): " + "; ".join(
-            f"s={s}: cos {pct(v[PRIMARY[0]]['relative'])}, d2 {pct(v[PRIMARY[1]]['relative'])}, rel {pct(v['relevance']['relative'])}, "
+            f"{s}: gain {pct(v['gain'])}, cos {pct(v[PRIMARY[0]]['relative'])}, d2 {pct(v[PRIMARY[1]]['relative'])}, rel {pct(v['relevance']['relative'])}, "
             f"nll {pct(v['ref_nll']['relative'])}" for s, v in cal["candidates"].items()), progress)
     else:
         scale, variant = args.scale, args.variant
@@ -713,7 +766,9 @@ def main() -> None:
     r = sub.add_parser("run", help="the whole experiment (resumes)")
     r.add_argument("--scale", type=float, default=None, help="lambda scale s; default: calibrate on the validation split")
     r.add_argument("--variant", choices=list(VARIANTS), default="guard", help="training quality function (with --scale)")
-    r.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="calibration candidates")
+    r.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["guard", "rel"], help="calibration candidates")
+    r.add_argument("--grid", nargs="+", default=None, metavar="VARIANT:SCALE",
+                   help=f"calibration candidates as variant:scale pairs instead of variants x candidates (third run: {' '.join(THIRD_RUN_GRID)})")
     r.add_argument("--candidates", type=float, nargs="+", default=list(CANDIDATES))
     r.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     r.add_argument("--parallel", type=int, default=16, help="training processes at a time")

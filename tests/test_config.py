@@ -92,3 +92,10 @@ def test_misspelt_key_in_file(tmp_path):
     (tmp_path / "_qwen3_8b.yaml").write_text((REPO / "configs/_qwen3_8b.yaml").read_text())
     r = _cli("validate", str(p))
     assert r.returncode != 0 and "objective.diversty_weight: unknown key, did you mean diversity_weight?" in r.stderr
+
+
+def test_relevance_ramp_needs_a_positive_threshold():
+    with pytest.raises(ConfigError, match="objective.relevance_threshold: must be > 0 with quality guard_x_relevance_ramp"):
+        load_config(None, ["objective.quality=guard_x_relevance_ramp", "objective.relevance_threshold=0"])
+    assert load_config(None, ["objective.quality=guard_x_relevance_ramp", "objective.relevance_threshold=0.35",
+                              "objective.diversity_metric=semantic_distinct"]).objective.relevance_threshold == 0.35

