@@ -283,3 +283,17 @@ def test_distance_matrices(metric):
         assert d[0, 3] == 1.0  # empty vs non-empty
     with pytest.raises(ValueError, match="unknown"):
         distance_matrix(texts, "cosine", _toy_embedder)
+
+
+@pytest.mark.parametrize("quality, metric, expected", [
+    ("guard", "semantic_distinct", True),  # the distance embeds (a third-run variant failed here before)
+    ("guard", "semantic", True),
+    ("guard", "distinct", False),
+    ("guard", "bleu", False),
+    ("guard_x_relevance_ramp", "distinct", True),  # the quality embeds
+    ("constant", "distinct", False),
+])
+def test_needs_embedder(quality, metric, expected):
+    from polychromic.quality import needs_embedder
+
+    assert needs_embedder(ObjectiveConfig(quality=quality, diversity_metric=metric)) is expected

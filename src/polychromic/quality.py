@@ -41,6 +41,13 @@ Embedder = Callable[[Sequence[str]], np.ndarray]
 QUALITIES = ("guard_x_relevance", "guard_x_relevance_gate", "guard_x_relevance_ramp", "guard", "relevance", "constant")
 USES_RELEVANCE = ("guard_x_relevance", "guard_x_relevance_gate", "guard_x_relevance_ramp", "relevance")
 DISTANCES = ("semantic", "bleu", "distinct", "semantic_distinct")
+EMBEDDED_DISTANCES = ("semantic", "semantic_distinct")
+"""The distances that embed the texts (they need the sentence embedder)."""
+
+
+def needs_embedder(cfg: ObjectiveConfig) -> bool:
+    """Whether scoring rollouts under `cfg` needs the sentence embedder (quality or distance)."""
+    return cfg.diversity_metric in EMBEDDED_DISTANCES or cfg.quality in USES_RELEVANCE
 
 
 def words(text: str) -> list[str]:

@@ -39,7 +39,7 @@ from polychromic.monitor import Monitor
 from polychromic.objectives import OBJECTIVES, Terms
 from polychromic.objectives.sft import ce_loss, count_targets
 from polychromic.rollout import generate_rollouts, rollout_seed
-from polychromic.quality import USES_RELEVANCE
+from polychromic.quality import needs_embedder
 from polychromic.rundir import (
     ADAPTER_DIR,
     checkpoint_dir,
@@ -170,10 +170,8 @@ class _Setup:
         self.sched = get_scheduler(SCHEDULERS[t.lr_scheduler], self.opt, num_warmup_steps=warmup, num_training_steps=self.total_steps)
 
         o = cfg.objective
-        needs_embedder = OBJECTIVES[o.name].NEEDS_ROLLOUTS and (
-            o.diversity_metric == "semantic" or o.quality in USES_RELEVANCE
-        )
-        self.embedder = load_embedder(o.diversity_encoder_model, device=str(self.device)) if needs_embedder else None
+        embeds = OBJECTIVES[o.name].NEEDS_ROLLOUTS and needs_embedder(o)
+        self.embedder = load_embedder(o.diversity_encoder_model, device=str(self.device)) if embeds else None
         # Reseeded last, after everything that may draw random numbers while being built (the
         # embedder's modules), so the training stream (dropout) is the same whatever the objective
         # loads: float_penalty stays bit-identical to sft. Each process gets its own stream
