@@ -65,12 +65,16 @@ VARIANTS = {
     "gate15big": ["objective.quality=guard_x_relevance_gate", "objective.relevance_threshold=0.15", *_BIG],
     "gate15mixbig": ["objective.quality=guard_x_relevance_gate", "objective.relevance_threshold=0.15", *_MIX, *_BIG],
     "ramp35mixbig": ["objective.quality=guard_x_relevance_ramp", "objective.relevance_threshold=0.35", *_MIX, *_BIG],
+    # Fifth run: the fourth run's variant with twice the prompts per step (the whole SFT batch).
+    "gate15huge": ["objective.quality=guard_x_relevance_gate", "objective.relevance_threshold=0.15",
+                   "rollout.n_generations=16", "rollout.max_examples_for_diversity=16"],
 }
 """Training variants of the polychromic arms, as config overrides (evaluation always scores
 q = guard x relevance). Quality q inside F(S) = mean q x d(S): `guard` (1 for a finished,
 non-degenerate reply), `rel` (guard x relevance, the default), `gate` (guard x 1[relevance >= tau],
 tau 0.3 or 0.15), `ramp` (guard x min(1, relevance / tau)). `mix`: d = the mean of the semantic
-and the word-bigram distance. `big`: N = 16 samples for M = 8 prompts per step instead of 8 x 4."""
+and the word-bigram distance. `big`: N = 16 samples for M = 8 prompts per step instead of 8 x 4;
+`huge`: 16 x 16."""
 THIRD_RUN_GRID = ("gate15:25", "gate15:64", "gate15mix:25", "gate15mix:64", "ramp35mix:25", "ramp35mix:64", "guardmix:25",
                   "gate15mixbig:25", "gate15mixbig:64", "ramp35mixbig:25", "ramp35mixbig:64", "gate15big:25")
 """The calibration candidates of the third run (`run --grid ...`), variant:scale, fixed before it."""
@@ -640,7 +644,7 @@ def run(args) -> None:
         scale, variant = args.scale, args.variant
 
     # 3. training
-    runs = arm_runs(scale, variant, seeds)
+    runs = [r for r in arm_runs(scale, variant, seeds) if args.arms is None or r.arm in args.arms]
     failed = train_all(runs, extra, runs_dir, args.parallel, progress)
     done = [r for r in runs if r not in failed]
     say(f"training finished ({time.time() - t0:.0f} s); failed: {[r.name for r in failed] or 'none'}", progress)
@@ -771,6 +775,8 @@ def main() -> None:
                    help=f"calibration candidates as variant:scale pairs instead of variants x candidates (third run: {' '.join(THIRD_RUN_GRID)})")
     r.add_argument("--candidates", type=float, nargs="+", default=list(CANDIDATES))
     r.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    r.add_argument("--arms", nargs="+", default=None, choices=["sft_baseline", "float_penalty", *(f"polychromic_{r}" for r in ROLES)],
+                   help="train and evaluate only these arms (default: all)")
     r.add_argument("--parallel", type=int, default=16, help="training processes at a time")
     r.add_argument("--runs-dir", default=None)
     r.add_argument("--smoke", action="store_true", help="tiny sizes: checks this script end to end on a CPU")
