@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -522,7 +523,7 @@ def calibration_figure(calibrations: list[tuple[str, Path]], summary: Path, path
     xs = [100 * rel(curve[t][PRIMARY[0]], c0[PRIMARY[0]]) for t in ts]
     ys = [100 * rel(curve[t]["relevance"], c0["relevance"]) for t in ts]
     ax.plot(xs, ys, "o--", color="gray", label="SFT baseline at T = " + ", ".join(ts) + " (test, pooled; ref NLL unchanged)")
-    markers = iter("s^Dv")
+    markers = itertools.cycle("s^Dv<>ph*Xo")
     for label, cal_path in calibrations:
         cal = json.loads(cal_path.read_text())
         groups: dict[str, list] = {}
