@@ -76,6 +76,18 @@ class JsonlError(ValueError):
     pass
 
 
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file that must hold an object; ValueError naming the file otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def read_jsonl(path: str | Path, allow_torn_tail: bool = False) -> Iterator[dict]:
     """Rows of a JSONL file. A malformed line raises JsonlError naming file and line; with
     allow_torn_tail, a final line without a newline (a write cut by a crash) is dropped, since

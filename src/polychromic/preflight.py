@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from polychromic import io
 from polychromic.config import Config, EMBEDDED_MODEL
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -120,12 +121,7 @@ def load_calibration(device_name: str) -> dict | None:
     if not BENCH_DIR.is_dir():
         return None
     for p in sorted(BENCH_DIR.glob("*.json")):
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{p}: invalid JSON ({exc})") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: expected a JSON object, got {type(data).__name__}")
+        data = io.read_json_object(p)
         dev = str(data.get("device", ""))
         if dev and (dev in device_name or device_name in dev):
             missing = [k for k in CALIBRATION_KEYS if not isinstance(data.get(k), (int, float)) or isinstance(data.get(k), bool) or data[k] <= 0]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import re
 import time
@@ -73,16 +72,6 @@ class EvalData:
     models_json: Optional[dict] = None
     judge_rows: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def _read_json_object(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: invalid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _is_number(x: Any) -> bool:
@@ -138,7 +127,7 @@ def load_eval_dir(eval_dir: str | Path) -> EvalData:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: not an evaluation directory")
     cfg = load_config(cfg_path)
-    env = _read_json_object(d / ENV_FILE) if (d / ENV_FILE).is_file() else None
+    env = io.read_json_object(d / ENV_FILE) if (d / ENV_FILE).is_file() else None
     prompts = {p["prompt_id"]: p for p in read_prompts(d)}
     per_prompt = _read_per_prompt(d / PER_PROMPT_FILE)
     warnings: list[str] = []
@@ -182,7 +171,7 @@ def load_eval_dir(eval_dir: str | Path) -> EvalData:
         for r in io.read_jsonl(d / SCORES_FILE, allow_torn_tail=True):
             data.scores[(r.get("model"), r.get("prompt_id"), r.get("kind"), r.get("index"))] = r
     if (d / MODELS_FILE).is_file():
-        data.models_json = _read_json_object(d / MODELS_FILE)
+        data.models_json = io.read_json_object(d / MODELS_FILE)
     if (d / JUDGE_FILE).is_file():
         for line, r in enumerate(io.read_jsonl(d / JUDGE_FILE, allow_torn_tail=True), start=1):
             for name in ("model", "baseline", "verdict"):
