@@ -84,6 +84,19 @@ class CountingSample:
         return self.real(model, tokenizer, prompts, n, params, seed=seed, batch_size=batch_size)
 
 
+def evaluate_counting(cfg) -> CountingSample:
+    """Runs ev.evaluate(cfg) with generation.sample counted (module-scoped fixtures cannot use
+    the function-scoped monkeypatch); returns the counter."""
+    counter = CountingSample(generation.sample)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(generation, "sample", counter)
+    try:
+        ev.evaluate(cfg)
+    finally:
+        mp.undo()
+    return counter
+
+
 def lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
@@ -92,14 +105,7 @@ def lines(path: Path) -> list[str]:
 def evaluated(tiny_model_dir, prepared, adapter_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     cfg = make_cfg(tiny_model_dir, prepared, adapter_dir, out)
-    mp = pytest.MonkeyPatch()
-    counter = CountingSample(generation.sample)
-    mp.setattr(generation, "sample", counter)
-    try:
-        ev.evaluate(cfg)
-    finally:
-        mp.undo()
-    return cfg, out, counter
+    return cfg, out, evaluate_counting(cfg)
 
 
 def test_files_rows_and_fields(evaluated, adapter_dir):
@@ -215,13 +221,9 @@ def test_torn_tail_and_partial_prompt_are_redone(evaluated, tmp_path):
     keep = len(rows) - (K + 1) + 2  # last unit: two complete rows, then half a line
     (d / "samples.jsonl").write_bytes(b"".join(rows[:keep]) + rows[keep][: len(rows[keep]) // 2])
     (d / "per_prompt.jsonl").unlink()
-    counter = CountingSample(generation.sample)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(generation, "sample", counter)
     try:
-        ev.evaluate(cfg)
+        counter = evaluate_counting(cfg)
     finally:
-        mp.undo()
         cfg.eval.output_dir = str(out)
     assert counter.calls == [(2, K, False), (2, 1, True)]  # the last chunk of the last model only
     assert (d / "samples.jsonl").read_bytes() == full
@@ -281,13 +283,7 @@ def test_killed_evaluation_resumes_without_regenerating(tiny_model_dir, prepared
     assert 1 <= len(finished) < N_MODELS * N_PROMPTS, "the kill must land mid-evaluation"
     assert not (run / "per_prompt.jsonl").exists()
 
-    counter = CountingSample(generation.sample)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(generation, "sample", counter)
-    try:
-        ev.evaluate(cfg)
-    finally:
-        mp.undo()
+    counter = evaluate_counting(cfg)
     complete = len(first.splitlines()) // (K + 1)  # whole prompts written before the kill
     # (a) finished prompts were not generated again: 2 calls (sampled + greedy) per remaining prompt,
     # their lines are untouched and appear once.

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from helpers import write_prepared
+from helpers import resume_config
 
 from polychromic.config import load_config
 from polychromic.rundir import latest_checkpoint, read_state
@@ -65,23 +64,7 @@ sys.exit(cli.main(["train", sys.argv[1]]))
 
 
 def config_file(root: Path, model_dir: Path, name: str) -> Path:
-    data = {
-        "experiment": "faults",
-        "runs_dir": str(root / name),
-        "model": {"path": str(model_dir), "dtype": "float32"},
-        # dropout on: the restored RNG state must reproduce the dropout masks
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
-        "data": {"prepared_dir": str(write_prepared(root / "prepared")), "max_length": 64},
-        # rollouts every other step: the step-seeded rollouts must line up after resuming
-        "objective": {"name": "polychromic", "diversity_weight": 1.0, "quality": "relevance", "compute_diversity_every_n_steps": 2},
-        "rollout": {"n_generations": 4, "max_examples_for_diversity": 2, "max_generation_length": 6},
-        # 8 steps x 4 rows = 32 > 24 rows: the run crosses an epoch boundary
-        "trainer": {"max_steps": STEPS, "batch_size": 2, "grad_accum": 2, "lr": 1e-3, "warmup_ratio": 0.1,
-                    "save_every": SAVE_EVERY, "keep_checkpoints": 2, "device": "cpu"},
-    }
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return resume_config(root, model_dir, name, "faults", STEPS, SAVE_EVERY)
 
 
 def logged_steps(run: Path) -> list[int]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
+
+from helpers import JSONHandler
 
 from polychromic import io
 from polychromic.config import JudgeConfig
@@ -19,7 +21,7 @@ KEY = "sk-fake-key-0123456789"
 ENV = "POLYCHROMIC_TEST_JUDGE_KEY"
 
 
-class FakeJudge(BaseHTTPRequestHandler):
+class FakeJudge(JSONHandler):
     """Prefers the reply containing GOOD; always says A when the message contains BIAS (position
     bias); answers prose when it contains MALFORMED; echoes the auth header on ECHO (a server
     that leaks what it got, to check the key is scrubbed from errors)."""
@@ -43,17 +45,6 @@ class FakeJudge(BaseHTTPRequestHandler):
         else:
             answer = "**A**" if "GOOD" in a else "B."
         self._send(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]})
-
-    def _send(self, code: int, obj: dict):
-        data = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):  # keep test output clean
-        pass
 
 
 @pytest.fixture()

@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from polychromic.config import load_config
 from polychromic.rundir import latest_checkpoint, read_state
 from polychromic.train import train
-from helpers import write_prepared
+from helpers import resume_config
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 STEPS = 10
@@ -25,23 +24,7 @@ STEPS = 10
 
 
 def config_file(tmp_path, model_dir, runs):
-    data = {
-        "experiment": "resume",
-        "runs_dir": str(runs),
-        "model": {"path": str(model_dir), "dtype": "float32"},
-        # dropout on: the restored RNG state must reproduce the dropout masks
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
-        "data": {"prepared_dir": str(write_prepared(tmp_path / "prepared")), "max_length": 64},
-        # rollouts on even steps only: the step-seeded rollouts must line up after resuming
-        "objective": {"name": "polychromic", "diversity_weight": 1.0, "quality": "relevance", "compute_diversity_every_n_steps": 2},
-        "rollout": {"n_generations": 4, "max_examples_for_diversity": 2, "max_generation_length": 6},
-        # 10 steps at 4 rows = 40 > 24 rows: the run crosses an epoch boundary
-        "trainer": {"max_steps": STEPS, "batch_size": 2, "grad_accum": 2, "lr": 1e-3, "warmup_ratio": 0.1,
-                    "save_every": 2, "keep_checkpoints": 2, "device": "cpu"},
-    }
-    path = tmp_path / f"{runs.name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return resume_config(tmp_path, model_dir, runs.name, "resume", STEPS, save_every=2)
 
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_model_dir):

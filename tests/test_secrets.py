@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+
+from helpers import JSONHandler
 
 from polychromic import cli
 from polychromic.config import DataConfig
@@ -26,7 +28,7 @@ SECRETS = {
 }
 
 
-class FakeOpenAI(BaseHTTPRequestHandler):
+class FakeOpenAI(JSONHandler):
     """Answers every chat completion with "A"; records the Authorization headers it got."""
 
     auth: list[str] = []
@@ -34,15 +36,7 @@ class FakeOpenAI(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 (http.server API)
         json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).auth.append(self.headers.get("Authorization", ""))
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "A"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):  # keep test output clean
-        pass
+        self._send(200, {"choices": [{"message": {"role": "assistant", "content": "A"}}]})
 
 
 @pytest.fixture()
