@@ -9,7 +9,7 @@ every sample runs its full length. One run measures, in this order:
              context: (those bytes) / (measured bandwidth); the prefill's floor is its FLOPs / peak
   (a) prior  one generate() per prompt (5 samples each), 8 prompts x 100 tokens, unmerged LoRA
   (b) plain  one batched generate() of all 40 samples (generation.sample with POLYCHROMIC_FASTGEN=0)
-  (c) fast   generation.sample's GPU default: polychromic.fastgen (first call = compile + capture,
+  (c) fast   generation.sample's GPU default: polychromic.generation.fast (first call = compile + capture,
              then the median of --repeats); also its variants without compile / without graphs
   eval       fastgen on 50 prompts x 10 samples x 100 tokens in one chunk and at eval.batch_size 64,
              projected to 500 prompts x 10 samples per model
@@ -36,7 +36,7 @@ from types import SimpleNamespace
 
 import torch
 
-from polychromic import fastgen
+from polychromic.generation import fast as fastgen
 from polychromic.generation import SamplingParams, sample
 from polychromic.io import atomic_write_json
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from polychromic.config import load_config
 from polychromic.rundir import read_state
-from polychromic.train import train
+from polychromic.training.loop import train
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from polychromic.objectives.polychromic import pointwise_advantages, set_advantages, set_values
+from polychromic.training.objectives.polychromic import pointwise_advantages, set_advantages, set_values
 
 
 def _sym(n, rng):

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from polychromic import evaluate as ev
-from polychromic import generation, io
+from polychromic.evaluation import run as ev
+from polychromic import generation
+from polychromic import io
 from polychromic.config import DataConfig, config_from_dict, to_yaml
 from polychromic.data import prepare
 
@@ -244,7 +245,7 @@ KILL_SCRIPT = """
 import sys, time
 from polychromic import generation
 from polychromic.config import load_config
-from polychromic.evaluate import evaluate
+from polychromic.evaluation.run import evaluate
 real = generation.sample
 def slow(*a, **k):
     time.sleep(0.4)  # leaves time to kill the process between prompts

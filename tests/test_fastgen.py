@@ -1,4 +1,4 @@
-"""The fast rollout path (polychromic.fastgen) against plain generate() on the same weights.
+"""The fast rollout path (polychromic.generation.fast) against plain generate() on the same weights.
 
 The CPU tests run fastgen's arithmetic eagerly (no graphs, no compile), so CI checks that the
 hand-written forward, masking, positions and sampling rules agree with transformers. The CUDA
@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from polychromic import fastgen
+from polychromic.generation import fast as fastgen
 from polychromic.generation import SamplingParams, sample
 
 CUDA = torch.cuda.is_available()

@@ -31,7 +31,7 @@ from helpers import resume_config
 
 from polychromic.config import load_config
 from polychromic.rundir import latest_checkpoint, read_state
-from polychromic.train import train
+from polychromic.training.loop import train
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"
 STEPS, SAVE_EVERY = 8, 3

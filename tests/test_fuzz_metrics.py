@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from polychromic import io, metrics
+from polychromic import io
+from polychromic import metrics
 from polychromic.config import Config, EvalModel, to_yaml
 from polychromic.metrics import Undefined, per_prompt_metrics, tokenize
 from polychromic.report import report

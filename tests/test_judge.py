@@ -14,8 +14,8 @@ from helpers import JSONHandler
 
 from polychromic import io
 from polychromic.config import JudgeConfig
-from polychromic.judge import JudgeError, JudgeItem, items_from_eval_dir, judge_eval_dir, parse_choice, run_judge, verdict
-from polychromic.samples import sample_row
+from polychromic.evaluation.judge import JudgeError, JudgeItem, items_from_eval_dir, judge_eval_dir, parse_choice, run_judge, verdict
+from polychromic.evaluation.cache import sample_row
 
 KEY = "sk-fake-key-0123456789"
 ENV = "POLYCHROMIC_TEST_JUDGE_KEY"
@@ -147,7 +147,7 @@ def test_missing_key_and_unreachable_endpoint(server, tmp_path, monkeypatch):
     monkeypatch.delenv(ENV)
     assert run_judge(ITEMS[:1], cfg(server), tmp_path / "j.jsonl")["poly"]["cached"] == 1
     monkeypatch.setenv(ENV, KEY)
-    monkeypatch.setattr("polychromic.judge.time.sleep", lambda s: None)
+    monkeypatch.setattr("polychromic.evaluation.judge.time.sleep", lambda s: None)
     with pytest.raises(JudgeError, match="127.0.0.1:9"):
         run_judge(ITEMS[1:2], cfg("http://127.0.0.1:9/v1"), tmp_path / "k.jsonl", timeout=2)
 

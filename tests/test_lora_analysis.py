@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from polychromic import lora_analysis as la
+from polychromic.evaluation import lora_analysis as la
 
 
 @pytest.mark.parametrize("m,n,r", [(40, 30, 4), (7, 50, 8), (64, 5, 16), (3, 3, 6), (128, 96, 1)])

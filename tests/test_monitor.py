@@ -11,7 +11,7 @@ import pytest
 
 from polychromic.config import config_from_dict
 from polychromic.io import read_jsonl
-from polychromic.monitor import AlertStop, Monitor
+from polychromic.training.monitor import AlertStop, Monitor
 from polychromic.rundir import read_state
 
 SFT = {"objective": {"name": "sft"}}
@@ -186,7 +186,7 @@ def test_progress_eta_in_state(tmp_path, capsys):
 
 
 def test_eta_uses_a_moving_window(tmp_path):
-    from polychromic.monitor import ETA_WINDOW
+    from polychromic.training.monitor import ETA_WINDOW
 
     clock = FakeClock()
     mon = Monitor(tmp_path, cfg_of(), total_steps=1000, clock=clock)
@@ -229,7 +229,7 @@ def test_non_main_process_writes_nothing_but_stops_too(tmp_path):
 
 
 def test_alert_printing_is_rate_limited(tmp_path, capsys):
-    from polychromic.monitor import PRINT_REPEATS
+    from polychromic.training.monitor import PRINT_REPEATS
 
     mon = Monitor(tmp_path, cfg_of(), total_steps=20)
     for step in range(1, 11):

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 from polychromic.config import LoraConfig, ModelConfig, ObjectiveConfig, load_config
 from polychromic.data import collate, encode_example
 from polychromic.models import attach_lora, load_base_model, load_tokenizer
-from polychromic.objectives import OBJECTIVES, polychromic as poly
-from polychromic.objectives.sft import ce_loss, count_targets
-from polychromic.quality import distance_matrix, guard, relevance, repeat_fraction, score_parts, score_quality
-from polychromic.rollout import generate_rollouts, pack, token_logprobs
-from polychromic.train import train
+from polychromic.training.objectives import OBJECTIVES, polychromic as poly
+from polychromic.training.objectives.sft import ce_loss, count_targets
+from polychromic.rewards import distance_matrix, guard, relevance, repeat_fraction, score_parts, score_quality
+from polychromic.training.rollout import generate_rollouts, pack, token_logprobs
+from polychromic.training.loop import train
 
 PROMPTS = [f"what do you think of topic number {i} today?" for i in range(12)]
 
@@ -294,6 +294,6 @@ def test_distance_matrices(metric):
     ("constant", "distinct", False),
 ])
 def test_needs_embedder(quality, metric, expected):
-    from polychromic.quality import needs_embedder
+    from polychromic.rewards import needs_embedder
 
     assert needs_embedder(ObjectiveConfig(quality=quality, diversity_metric=metric)) is expected

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from polychromic import preflight as pf
+from polychromic.training import preflight as pf
 from polychromic.config import DataConfig, config_from_dict, load_config
 from polychromic.data import prepare
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from polychromic.config import load_config
 from polychromic.rundir import latest_checkpoint, read_state
-from polychromic.train import train
+from polychromic.training.loop import train
 from helpers import resume_config
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"

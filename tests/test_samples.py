@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from polychromic import io
-from polychromic.evaluate import score
-from polychromic.samples import (
+from polychromic.evaluation.run import score
+from polychromic.evaluation.cache import (
     SamplesError,
     group_units,
     import_samples,

@@ -1,4 +1,4 @@
-"""polychromic.stats: bootstrap CIs, permutation / Wilcoxon p-values, Holm, effect sizes, and the
+"""polychromic.metrics.stats: bootstrap CIs, permutation / Wilcoxon p-values, Holm, effect sizes, and the
 prior decision tree."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from polychromic import stats as S
+from polychromic.metrics import stats as S
 from polychromic.metrics import Undefined
 
 

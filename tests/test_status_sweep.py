@@ -25,8 +25,8 @@ from polychromic.rundir import (
     run_dir_for,
     write_state,
 )
-from polychromic.status import collect_status, print_status
-from polychromic.sweep import load_all, plan, sweep
+from polychromic.training.status import collect_status, print_status
+from polychromic.training.sweep import load_all, plan, sweep
 
 
 def make_cfg(runs: Path, experiment: str = "exp", seed: int = 42):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from polychromic.config import config_from_dict, to_dict
-from polychromic.monitor import Monitor
+from polychromic.training.monitor import Monitor
 from polychromic.rundir import read_state
-from polychromic.trackers import flatten, open_trackers
+from polychromic.training.trackers import flatten, open_trackers
 
 SECRETS = {"WANDB_API_KEY": "sk-test-secret-123", "OPENAI_API_KEY": "sk-test-secret-456", "MLFLOW_TRACKING_TOKEN": "sk-test-secret-789"}
 STEPS = {

@@ -14,9 +14,9 @@ import yaml
 
 from polychromic.config import load_config
 from polychromic.models import attach_lora, load_base_model
-from polychromic.monitor import AlertStop
+from polychromic.training.monitor import AlertStop
 from polychromic.rundir import read_state
-from polychromic.train import train
+from polychromic.training.loop import train
 from helpers import write_prepared
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "src"

@@ -42,7 +42,7 @@ def cmd_data_prepare(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from polychromic.train import train
+    from polychromic.training.loop import train
 
     run_dir = train(_load(args), resume=args.resume)
     print(f"run directory: {run_dir}")
@@ -50,19 +50,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from polychromic.sweep import sweep
+    from polychromic.training.sweep import sweep
 
     return sweep(args.configs, args.set or [])
 
 
 def cmd_status(args) -> int:
-    from polychromic.status import print_status
+    from polychromic.training.status import print_status
 
     return print_status(args.runs_dir)
 
 
 def cmd_evaluate(args) -> int:
-    from polychromic.evaluate import evaluate
+    from polychromic.evaluation.run import evaluate
 
     out = evaluate(_load(args))
     print(f"evaluation directory: {out}")
@@ -79,8 +79,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_import_samples(args) -> int:
-    from polychromic.evaluate import score
-    from polychromic.samples import import_samples
+    from polychromic.evaluation.run import score
+    from polychromic.evaluation.cache import import_samples
 
     out = import_samples(args.path, args.format, args.model, args.out)
     if args.score:
@@ -97,7 +97,7 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_preflight(args) -> int:
-    from polychromic.preflight import preflight
+    from polychromic.training.preflight import preflight
 
     return preflight(_load(args), measure=args.measure, price_per_hour=args.price_per_hour)
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from polychromic.config import Config, load_config
 from polychromic.data import prepare
-from polychromic.evaluate import evaluate
+from polychromic.evaluation.run import evaluate
 from polychromic.report import report
 from polychromic.rundir import read_state, run_dir_for
-from polychromic.train import train
+from polychromic.training.loop import train
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from polychromic.config import Config, ConfigError, load_config
 from polychromic.io import atomic_write_json
 from polychromic.rundir import is_finished, latest_checkpoint, previous_attempt, read_state, run_dir_for
-from polychromic.status import format_duration, format_table
+from polychromic.training.status import format_duration, format_table
 
 
 @dataclass

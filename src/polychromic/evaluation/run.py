@@ -26,7 +26,7 @@ import numpy as np
 
 from polychromic import io
 from polychromic.config import Config, load_config, to_yaml
-from polychromic.samples import (
+from polychromic.evaluation.cache import (
     CONFIG_FILE,
     PROMPTS_FILE,
     REF_NLL_FILE,
@@ -141,7 +141,7 @@ def _decode(tokenizer, completion) -> tuple[str, int]:
 
 def _generate_chunk(model, tokenizer, cfg: Config, name: str, prompts: list[dict], ids: list[list[int]]) -> list[dict]:
     """Rows (k samples + greedy per prompt) for one chunk of prompts."""
-    from polychromic import generation  # through the module attribute, so tests can count calls
+    from polychromic import generation# through the module attribute, so tests can count calls
 
     seed = chunk_seed(cfg.seed, name, [p["prompt_id"] for p in prompts])
     sp, gp = sampling_params(cfg, greedy=False), sampling_params(cfg, greedy=True)
@@ -296,7 +296,7 @@ def evaluate(cfg: Config) -> Path:
     generate(cfg, out, prompts)
     score(out)
     if cfg.eval.judge.enabled:
-        from polychromic.judge import judge_eval_dir
+        from polychromic.evaluation.judge import judge_eval_dir
 
         baseline = cfg.eval.baseline or cfg.eval.models[0].name
         summary = judge_eval_dir(out, cfg.eval.judge, baseline, models=[m.name for m in cfg.eval.models])
@@ -351,7 +351,7 @@ def _rouge_l(prediction: str, reference: str | None) -> tuple[float | None, str 
 def _lora_entries(cfg: Config, out: Path) -> dict[str, dict | None]:
     """LoRA analysis per adapter model, each compared with every other adapter. An adapter folder
     that is gone keeps the analysis an earlier scoring stored in models.json."""
-    from polychromic.lora_analysis import analyze_adapter, compare_adapters
+    from polychromic.evaluation.lora_analysis import analyze_adapter, compare_adapters
 
     old = _read_json(out / MODELS_FILE) if (out / MODELS_FILE).is_file() else {}
     adapters = {m.name: m.adapter for m in cfg.eval.models if m.adapter is not None}
@@ -376,7 +376,7 @@ def score(eval_dir: str | Path, embedder: Callable[[Sequence[str]], np.ndarray] 
     objective.diversity_encoder_model. Every (model, prompt) of the config must be complete.
     """
     from polychromic.metrics import per_prompt_metrics
-    from polychromic.quality import relevance, score_parts
+    from polychromic.rewards import relevance, score_parts
 
     out = Path(eval_dir)
     cfg = load_config(out / CONFIG_FILE)

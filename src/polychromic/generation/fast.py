@@ -44,7 +44,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from polychromic.generation import Completion, SamplingParams, _eos_ids, _strip
+from polychromic.generation.params import Completion, SamplingParams, eos_ids, strip_completion
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -687,7 +687,7 @@ def sample(
     base = _base_model(model)
     on_cuda = base.lm_head.weight.device.type == "cuda"
     eng = _engine(model, compile=on_cuda if compile is None else compile, graphs=on_cuda if graphs is None else graphs)
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sp = _Sampler.from_params(params, eos, pad)
     flat = [list(p) for p in prompts for _ in range(n)]
@@ -718,7 +718,7 @@ def sample(
                  width=width, length=length, compiled=eng.compiled, graphs=eng.graphs)
     last_stats.clear()
     last_stats.update(stats)
-    results = [_strip(row, eos, pad) for row in ids]
+    results = [strip_completion(row, eos, pad) for row in ids]
     return [results[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 

@@ -229,7 +229,7 @@ def items_from_eval_dir(
     """Pairs (model reply vs baseline reply, same prompt) from an evaluation directory's files:
     the greedy replies by default, else sample index 0 (imported samples have no greedy reply).
     `models` defaults to every model in samples.jsonl."""
-    from polychromic.samples import read_prompts, read_samples
+    from polychromic.evaluation.cache import read_prompts, read_samples
 
     d = Path(eval_dir)
     prompts = {p["prompt_id"]: p["prompt"] for p in read_prompts(d)}

@@ -18,9 +18,9 @@ from typing import Callable
 import torch
 
 from polychromic.config import Config
-from polychromic.objectives import Terms
-from polychromic.objectives.polychromic import score_rollouts
-from polychromic.rollout import Rollouts
+from polychromic.training.objectives.terms import Terms
+from polychromic.training.objectives.polychromic import score_rollouts
+from polychromic.training.rollout import Rollouts
 
 NEEDS_ROLLOUTS = True
 

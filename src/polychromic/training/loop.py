@@ -35,11 +35,11 @@ from polychromic.config import Config
 from polychromic.data import collate, encode_example, load_split, render_prompt
 from polychromic.io import atomic_write_json
 from polychromic.models import attach_lora, load_base_model, load_embedder, load_tokenizer, pick_device
-from polychromic.monitor import Monitor
-from polychromic.objectives import OBJECTIVES, Terms
-from polychromic.objectives.sft import ce_loss, count_targets
-from polychromic.rollout import generate_rollouts, rollout_seed
-from polychromic.quality import needs_embedder
+from polychromic.training.monitor import Monitor
+from polychromic.training.objectives import OBJECTIVES, Terms
+from polychromic.training.objectives.sft import ce_loss, count_targets
+from polychromic.training.rollout import generate_rollouts, rollout_seed
+from polychromic.rewards import needs_embedder
 from polychromic.rundir import (
     ADAPTER_DIR,
     checkpoint_dir,

@@ -39,7 +39,7 @@ from typing import Callable
 from polychromic.config import Config
 from polychromic.io import append_jsonl, atomic_write_jsonl, read_jsonl
 from polychromic.rundir import ALERTS_FILE, METRICS_FILE, process_identity, read_state, write_state
-from polychromic.trackers import open_trackers
+from polychromic.training.trackers import open_trackers
 
 # Quality collapse: the relative rule needs a few observations of train/quality_mean first (the
 # first rollouts of a fresh adapter are noisy); the absolute floor applies from the start, since

@@ -31,10 +31,12 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from polychromic import io, plots, stats
+from polychromic import io
+from polychromic.report import plots
+from polychromic.metrics import stats
 from polychromic.config import Config, load_config, to_dict
 from polychromic.metrics import REGISTRY, MetricInfo, Undefined, der, metric_info
-from polychromic.samples import read_prompts, read_samples
+from polychromic.evaluation.cache import read_prompts, read_samples
 
 COLLAPSE_THRESHOLD = 0.01
 """Collapse point: the first k where one more sample adds less than 1 point of pass@k."""

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from polychromic.config import Config, ObjectiveConfig
-from polychromic.objectives import Terms
-from polychromic.quality import distance_matrix, score_quality, words
-from polychromic.rollout import Rollouts, pack, token_logprobs
+from polychromic.training.objectives.terms import Terms
+from polychromic.rewards import distance_matrix, score_quality, words
+from polychromic.training.rollout import Rollouts, pack, token_logprobs
 
 NEEDS_ROLLOUTS = True
 SET_REWARDS = ("quality_x_diversity", "diversity", "max_quality")

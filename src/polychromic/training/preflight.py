@@ -149,7 +149,7 @@ def estimate_from_calibration(cfg: Config, cal: dict, n_params: int, n_steps: in
 
 def measure_step_costs(cfg: Config) -> dict:
     """Time two SFT steps and two diversity steps of this very config on this machine."""
-    from polychromic.train import train
+    from polychromic.training.loop import train
 
     out = {}
     with tempfile.TemporaryDirectory(prefix="polychromic-preflight-") as tmp:
