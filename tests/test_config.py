@@ -7,7 +7,8 @@ import pytest
 from polychromic.config import Config, ConfigError, load_config, to_yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml"))
+CONFIGS = REPO / "src/polychromic/resources/configs"
+SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
@@ -17,22 +18,22 @@ def test_every_shipped_config_loads_and_validates(path):
 
 
 def test_prior_values_in_shipped_configs():
-    mod = load_config(REPO / "configs/polychromic_1.0_moderate.yaml")
+    mod = load_config(CONFIGS / "polychromic_1.0_moderate.yaml")
     assert (mod.objective.diversity_weight, mod.rollout.n_generations, mod.rollout.max_examples_for_diversity) == (1.0, 5, 8)
     assert mod.objective.compute_diversity_every_n_steps == 3
     assert mod.trainer.batch_size * mod.trainer.grad_accum == 16
     assert (mod.lora.r, mod.lora.alpha, mod.lora.dropout) == (16, 16, 0.1)
-    con = load_config(REPO / "configs/polychromic_0.3_conservative.yaml")
+    con = load_config(CONFIGS / "polychromic_0.3_conservative.yaml")
     assert (con.objective.diversity_weight, con.rollout.n_generations, con.rollout.max_examples_for_diversity, con.objective.compute_diversity_every_n_steps) == (0.3, 3, 4, 5)
-    agg = load_config(REPO / "configs/polychromic_2.0_aggressive.yaml")
+    agg = load_config(CONFIGS / "polychromic_2.0_aggressive.yaml")
     assert agg.objective.diversity_weight == 2.0
-    base = load_config(REPO / "configs/baseline.yaml")
+    base = load_config(CONFIGS / "baseline.yaml")
     assert base.objective.name == "sft" and base.data.prompt_field == "tweet"
 
 
 def test_misspelt_key_names_path_and_suggestion():
     with pytest.raises(ConfigError) as e:
-        load_config(REPO / "configs/polychromic_1.0_moderate.yaml", ["objective.diversty_weight=1.0"])
+        load_config(CONFIGS / "polychromic_1.0_moderate.yaml", ["objective.diversty_weight=1.0"])
     assert "objective.diversty_weight: unknown key, did you mean diversity_weight?" in str(e.value)
 
 
@@ -77,19 +78,19 @@ def _cli(*args):
 
 
 def test_cli_validate_and_print_config():
-    ok = _cli("validate", "configs/polychromic_1.0_moderate.yaml")
+    ok = _cli("validate", "polychromic_1.0_moderate")
     assert ok.returncode == 0, ok.stderr
-    bad = _cli("validate", "configs/polychromic_1.0_moderate.yaml", "objective.diversty_weight=2")
+    bad = _cli("validate", "polychromic_1.0_moderate", "objective.diversty_weight=2")
     assert bad.returncode != 0
     assert "objective.diversty_weight: unknown key, did you mean diversity_weight?" in bad.stderr
-    pc = _cli("print-config", "configs/polychromic_2.0_aggressive.yaml", "trainer.lr=1e-4")
+    pc = _cli("print-config", "polychromic_2.0_aggressive", "trainer.lr=1e-4")
     assert pc.returncode == 0 and "diversity_weight: 2.0" in pc.stdout and "lr: 0.0001" in pc.stdout
 
 
 def test_misspelt_key_in_file(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text((REPO / "configs/polychromic_1.0_moderate.yaml").read_text().replace("diversity_weight", "diversty_weight"))
-    (tmp_path / "_qwen3_8b.yaml").write_text((REPO / "configs/_qwen3_8b.yaml").read_text())
+    p.write_text((CONFIGS / "polychromic_1.0_moderate.yaml").read_text().replace("diversity_weight", "diversty_weight"))
+    (tmp_path / "_qwen3_8b.yaml").write_text((CONFIGS / "_qwen3_8b.yaml").read_text())
     r = _cli("validate", str(p))
     assert r.returncode != 0 and "objective.diversty_weight: unknown key, did you mean diversity_weight?" in r.stderr
 
@@ -99,3 +100,37 @@ def test_relevance_ramp_needs_a_positive_threshold():
         load_config(None, ["objective.quality=guard_x_relevance_ramp", "objective.relevance_threshold=0"])
     assert load_config(None, ["objective.quality=guard_x_relevance_ramp", "objective.relevance_threshold=0.35",
                               "objective.diversity_metric=semantic_distinct"]).objective.relevance_threshold == 0.35
+
+
+def test_shipped_names_resolve_from_any_directory(tmp_path):
+    from polychromic import resources
+
+    names = resources.shipped("configs")
+    assert {"baseline", "polychromic_1.0_moderate", "demo/baseline", "dialog/sft_baseline"} <= set(names)
+    assert load_config("polychromic_1.0_moderate").objective.diversity_weight == 1.0
+    r = subprocess.run([sys.executable, "-m", "polychromic", "validate", "demo/polychromic"], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_unknown_shipped_name_suggests_close_ones():
+    with pytest.raises(ConfigError, match="no shipped config of that name; did you mean polychromic_1.0_moderate"):
+        load_config("polychromic_1.0_moderat")
+
+
+def test_configs_list_and_copy(tmp_path):
+    listed = subprocess.run([sys.executable, "-m", "polychromic", "configs", "list"], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split()[0] for line in listed.stdout.splitlines()]
+    assert "polychromic_1.0_moderate" in names and "demo/baseline" in names
+    cp = subprocess.run([sys.executable, "-m", "polychromic", "configs", "copy", "polychromic_1.0_moderate", "mine.yaml"],
+                        capture_output=True, text=True, cwd=tmp_path)
+    assert cp.returncode == 0, cp.stderr
+    text = (tmp_path / "mine.yaml").read_text()
+    assert "extends" not in text.replace("extends: merged in", "")  # the chain is merged: the copy stands alone
+    assert load_config(tmp_path / "mine.yaml") == load_config("polychromic_1.0_moderate")
+    again = subprocess.run([sys.executable, "-m", "polychromic", "configs", "copy", "baseline", "mine.yaml"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 2 and "mine.yaml: exists" in again.stderr
+    assert load_config(tmp_path / "mine.yaml") == load_config("polychromic_1.0_moderate")  # untouched

@@ -102,19 +102,46 @@ def cmd_preflight(args) -> int:
     return preflight(_load(args), measure=args.measure, price_per_hour=args.price_per_hour)
 
 
+def cmd_shipped_list(args) -> int:
+    from polychromic import resources
+
+    kind = args.command
+    for name, path in resources.shipped(kind).items():
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+        note = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        print(f"{name:40s} {note}" if note else name)
+    return 0
+
+
+def cmd_shipped_copy(args) -> int:
+    from polychromic.config import copy_shipped
+
+    out = copy_shipped(args.name, args.dest, kind=args.command)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polychromic", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(name: str, func, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
-        sp.add_argument("config", help="YAML config (may `extends:` another)")
+        sp.add_argument("config", help="YAML config (may `extends:` another) or a shipped config's name")
         sp.add_argument("overrides", nargs="*", help="key.sub=value overrides")
         sp.set_defaults(func=func)
         return sp
 
     with_config("validate", cmd_validate, "check a config; exit non-zero with every error")
     with_config("print-config", cmd_print_config, "print the resolved config as YAML")
+
+    cf = sub.add_parser("configs", help="the shipped configs: list them, copy one to edit")
+    csub = cf.add_subparsers(dest="configs_command", required=True)
+    csub.add_parser("list", help="names of the shipped configs (usable wherever a CONFIG is asked)").set_defaults(func=cmd_shipped_list)
+    cp = csub.add_parser("copy", help="write a shipped config to DEST, its extends: merged in")
+    cp.add_argument("name")
+    cp.add_argument("dest")
+    cp.set_defaults(func=cmd_shipped_copy)
 
     data = sub.add_parser("data", help="dataset commands")
     dsub = data.add_subparsers(dest="data_command", required=True)

@@ -21,6 +21,9 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from polychromic import resources
+from polychromic.io import atomic_write_text
+
 # The prior system's prompt (../shared/docs/prior-system.md), rendered through the chat template.
 PRIOR_TEMPLATE = "Generate an engaging Twitter reply to this tweet:\n\n{prompt}\n\nReply:"
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
@@ -513,8 +516,35 @@ def config_from_dict(data: dict, source: str | None = None) -> Config:
     return cfg
 
 
+def resolve_config(name_or_path: str | Path, kind: str = "configs") -> Path:
+    """A config path as given, or the shipped config (or experiment spec) of that name."""
+    try:
+        return resources.resolve(name_or_path, kind)
+    except FileNotFoundError as exc:
+        raise ConfigError([str(exc)]) from None
+
+
+def copy_shipped(name: str, dest: str | Path, kind: str = "configs") -> Path:
+    """Write the shipped config `name` to `dest` with its `extends:` chain merged in, so the copy
+    stands alone wherever it is put. Refuses to overwrite an existing file."""
+    src = resolve_config(name, kind)
+    out = Path(dest)
+    if out.is_dir():
+        out = out / src.name
+    if out.exists():
+        raise ConfigError([f"{out}: exists; remove it or choose another destination"])
+    body = yaml.safe_dump(read_yaml_tree(src), sort_keys=False, allow_unicode=True)
+    text = f"# Copied from the shipped {kind[:-1]} {name!r} (polychromic {kind} copy), extends: merged in.\n" + body
+    atomic_write_text(out, text)
+    return out
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load, merge, override and validate. Raises ConfigError listing every problem."""
+    """Load, merge, override and validate. Raises ConfigError listing every problem.
+
+    `path` is a YAML file or the name of a shipped config (`polychromic configs list`)."""
+    if path is not None:
+        path = resolve_config(path)
     data = read_yaml_tree(path) if path is not None else {}
     if overrides:
         data = _deep_merge(data, parse_overrides(overrides))

@@ -19,7 +19,6 @@ from polychromic.report import report
 from polychromic.rundir import read_state, run_dir_for
 from polychromic.training.loop import train
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo"
 
 # --fast: the smallest sizes that still exercise every stage (tests).
 FAST = ["trainer.max_steps=3", "trainer.save_every=2", "eval.max_prompts=4", "eval.k=3", "eval.max_new_tokens=12",
@@ -32,19 +31,17 @@ def _say(msg: str) -> None:
 
 def demo_configs(workdir: str | Path, fast: bool = False) -> tuple[Config, Config, Config]:
     """(baseline, polychromic, evaluation) configs, with every path under `workdir`."""
-    if not (DEMO / "baseline.yaml").is_file():
-        raise FileNotFoundError(f"{DEMO}/baseline.yaml not found: quickstart runs from a source checkout (pip install -e .)")
     w = Path(workdir).resolve()
     common = [f"runs_dir={w / 'runs'}", f"data.prepared_dir={w / 'data'}", f"eval.output_dir={w / 'eval'}"] + (FAST if fast else [])
-    base = load_config(DEMO / "baseline.yaml", common)
-    poly = load_config(DEMO / "polychromic.yaml", common)
+    base = load_config("demo/baseline", common)
+    poly = load_config("demo/polychromic", common)
     # lambda = 1.0 is the prior "moderate" variant: the name gives the report's decision tree its role.
     models = (
         "[{name: base}, "
         f"{{name: sft_baseline, adapter: '{run_dir_for(base) / 'adapter'}'}}, "
         f"{{name: polychromic_moderate, adapter: '{run_dir_for(poly) / 'adapter'}'}}]"
     )
-    ev = load_config(DEMO / "baseline.yaml", common + [f"eval.models={models}", "eval.baseline=sft_baseline", "experiment=demo_eval"])
+    ev = load_config("demo/baseline", common + [f"eval.models={models}", "eval.baseline=sft_baseline", "experiment=demo_eval"])
     return base, poly, ev
 
 

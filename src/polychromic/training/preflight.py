@@ -6,7 +6,7 @@ metadata only where they can (model config, GGUF header, adapter headers); the m
 built on the meta device to count parameters without allocating them.
 
 The time estimate comes from the project's own benchmark numbers for the detected GPU
-(`benchmarks/results/*.json`, written by `benchmarks/rollout_bench.py` on the lent GPU), scaled
+(package data under `polychromic/resources/calibration/`, from `benchmarks/rollout_bench.py` runs on that GPU model), scaled
 linearly by parameter count and token counts; or, with `--measure`, from a short timed run of the
 real config (two SFT steps and two diversity steps) on this machine.
 """
@@ -22,10 +22,10 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from polychromic import io
+from polychromic import io, resources
 from polychromic.config import Config, EMBEDDED_MODEL
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+BENCH_DIR = resources.calibration_dir()
 
 
 @dataclass
@@ -115,7 +115,7 @@ CALIBRATION_KEYS = ("model_params", "sft_step_seconds", "sft_step_tokens", "roll
 
 
 def load_calibration(device_name: str) -> dict | None:
-    """Benchmark numbers measured on this GPU model (benchmarks/results/*.json), if any. A file
+    """Benchmark numbers measured on this GPU model (resources/calibration/*.json), if any. A file
     for this device that cannot be used raises ValueError naming it (estimate_from_calibration
     would otherwise fail later with a bare KeyError)."""
     if not BENCH_DIR.is_dir():
