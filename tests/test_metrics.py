@@ -1,4 +1,4 @@
-"""polychromic.metrics: the known answers of ../shared/docs/metrics.md, BLEU equal to NLTK's,
+"""polychromic.metrics: the known answers of docs/metrics.md, BLEU equal to NLTK's,
 properties (identical samples give minimal diversity, order does not matter), exclusions."""
 
 from __future__ import annotations

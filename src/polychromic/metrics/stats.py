@@ -1,7 +1,7 @@
 """Paired statistics over prompts, and the prior system's decision tree.
 
 Every comparison is paired: model and baseline are scored on the same prompts, and the unit of
-resampling is the prompt (../shared/docs/metrics.md, "Statistics"). Never resample samples within
+resampling is the prompt (docs/metrics.md, "Statistics"). Never resample samples within
 a prompt: a set metric on a resampled set sees duplicates and reports less diversity than there is.
 
 No torch here (layering rule): numpy and scipy.
@@ -15,7 +15,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from scipy import stats as _scipy_stats
 
-from polychromic.metrics import Undefined
+from polychromic.metrics.core import Undefined
 
 EXACT_PERMUTATION_MAX_N = 16
 """Up to 2^16 = 65,536 sign patterns the sign-flip test enumerates them all (exact p)."""
@@ -197,7 +197,7 @@ def relative_gain(mean_model: float, mean_base: float, higher_is_better: bool) -
     return float(change / abs(mean_base))
 
 
-# The prior system's publication decision tree (../shared/docs/prior-system.md), on the relative
+# The prior system's publication decision tree (docs/metrics.md, "Statistics"), on the relative
 # diversity gain of the declared primary metric.
 MAIN_TRACK_GAIN = 0.25  # aggressive variant
 WORKSHOP_GAIN = 0.15  # moderate variant; also the prior "success" criterion (any variant)
