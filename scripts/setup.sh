@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
-# This workplace's pip config lists local index folders that print one warning per package; hide
-# those lines only (pip's exit status still counts, through pipefail).
+# Some pip configurations list local index folders that print one warning per package; hide those
+# lines only (pip's exit status still counts, through pipefail).
 quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 # torch first, pinned: `pip install torch==2.13.0` takes the machine's local CPU build; any
 # unpinned torch requirement later is then already satisfied (no CUDA wheels are pulled).
