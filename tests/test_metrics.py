@@ -330,3 +330,55 @@ def test_speed_500_prompts_x_10_samples():
     for texts in prompts:
         M.per_prompt_metrics(texts, rng.normal(size=(10, 384)), rng.random(10), [30] * 10)
     assert time.perf_counter() - t0 < 6.0
+
+
+# --------------------------------------------------------------------------------------------
+# distinct_k: equivalence classes (NoveltyBench greedy partition, unigram F1 >= 0.7)
+
+
+def test_distinct_k_known_answers():
+    assert M.distinct_k(["a b c", "a b c", "x y z"]) == 2
+    assert M.equivalence_classes(["a b c", "a b c", "x y z"]) == [0, 0, 1]
+    assert M.distinct_k(["a b c"]) == 1 and M.distinct_k(["a", "b", "c", "d"]) == 4
+    # normalisation: case and punctuation do not make a reply different
+    assert M.equivalence_classes(["The cat sat.", "the cat, sat!", "A dog ran?"]) == [0, 0, 1]
+    # unigram F1 is order-blind: a reordering is the same reply
+    assert M.distinct_k(["a b c", "c b a"]) == 1
+    # the threshold is inclusive: F1 = 3/4 = 0.75 and 7/10 = 0.7 join, 3/5 = 0.6 does not
+    assert M.distinct_k(["a b c d", "a b c e"]) == 1
+    assert M.distinct_k(["a b c d e f g h i j", "a b c d e f g x y z"]) == 1
+    assert M.distinct_k(["a b c d e", "a b c x y"]) == 2
+    assert M.distinct_k(["a b c d e", "a b c x y"], threshold=0.6) == 1
+    # multiset overlap: "a a a b" vs "a b b b" share one a and one b: F1 = 2*2/8 = 0.5
+    assert M.equivalence.unigram_f1(M.equivalence.normalise("a a a b"), M.equivalence.normalise("a b b b")) == 0.5
+    # replies without a word are one class, apart from every reply with words
+    assert M.equivalence_classes(["...", "!!", "a b", ""]) == [0, 0, 1, 0]
+    assert M.distinct_k_fraction(["a b c", "a b c", "x y z", "p q r"]) == 0.75
+
+
+def test_distinct_k_greedy_representative_and_order():
+    """Not transitive: x1 is equivalent to x0 (F1 0.7) and to x2 (0.7), x0 and x2 are not (0.4).
+    x2 is compared with x0, its class's representative, not with x1: 2 classes. With x1 first it
+    represents a class both others join: 1 class."""
+    x0, x1, x2 = "a b c d e f g h i j", "d e f g h i j k l m", "g h i j k l m n o p"
+    assert M.equivalence_classes([x0, x1, x2]) == [0, 0, 1]
+    assert M.equivalence_classes([x1, x0, x2]) == [0, 0, 0]
+    # a sample joins the FIRST class whose representative matches, even if a later one matches better
+    # (F1 with class 0's representative 0.7, with class 1's 0.8)
+    assert M.equivalence_classes(["a b c d e f g h i j", "a b c d e k l m n o", "a b c d e f g k l m"]) == [0, 1, 0]
+
+
+def test_distinct_k_in_per_prompt_metrics_and_registry():
+    metrics, excluded = M.per_prompt_metrics(["a b c", "A b c!", "x y z"])
+    assert metrics["distinct_k"] == 2.0 and metrics["distinct_k_fraction"] == pytest.approx(2 / 3)
+    assert "distinct_k" not in excluded
+    for name in ("distinct_k", "distinct_k_fraction"):
+        info = M.metric_info(name)
+        assert info.higher_is_better is True and info.level == "prompt" and info.kind == "diversity"
+    # an empty sample excludes it with every other diversity metric
+    metrics, excluded = M.per_prompt_metrics(["a b", ""])
+    assert metrics["distinct_k"] is None and excluded["distinct_k"].startswith("empty sample")
+    with pytest.raises(ValueError, match="threshold"):
+        M.distinct_k(["a"], threshold=0.0)
+    with pytest.raises(TypeError, match="one string"):
+        M.distinct_k("a b c")

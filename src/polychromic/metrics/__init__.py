@@ -5,6 +5,7 @@ every public name of its modules:
 - core: `Undefined` (the exclusion signal) and the input checks;
 - lexical: `tokenize`, `distinct_n`, Self-BLEU / pairwise BLEU / the BLEU matrix, `compression_ratio`;
 - semantic: the cosine Gram matrix, `mean_pairwise_cosine_distance`, `vendi_score`;
+- equivalence: `distinct_k` (equivalence classes among the k samples, NoveltyBench) and its rule;
 - pass_at_k: `pass_at_k`, `max_at_k`, `der`, `collapse_point`, `usq`;
 - registry: `MetricInfo`, `REGISTRY`, `metric_info`, `per_prompt_metrics`;
 - stats (imported as `polychromic.metrics.stats`): paired statistics over prompts.
@@ -23,6 +24,7 @@ No torch here (layering rule, tests/test_layering.py): numpy, zlib and the stand
 """
 
 from .core import Undefined
+from .equivalence import EQUIVALENCE_THRESHOLD, distinct_k, distinct_k_fraction, equivalence_classes
 from .lexical import (
     BLEU_ORDER,
     compression_ratio,
@@ -39,6 +41,7 @@ from .semantic import VENDI_ORDERS, cosine_similarity_matrix, mean_pairwise_cosi
 
 __all__ = [
     "BLEU_ORDER",
+    "EQUIVALENCE_THRESHOLD",
     "MAX_K_REGISTERED",
     "REGISTRY",
     "USQ_SELECTORS",
@@ -49,7 +52,10 @@ __all__ = [
     "compression_ratio",
     "cosine_similarity_matrix",
     "der",
+    "distinct_k",
+    "distinct_k_fraction",
     "distinct_n",
+    "equivalence_classes",
     "max_at_k",
     "mean_pairwise_cosine_distance",
     "metric_info",

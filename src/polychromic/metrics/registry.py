@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .core import Undefined, check_count, check_matrix, check_texts
+from .equivalence import distinct_k
 from .lexical import Lexical, compression_ratio
 from .pass_at_k import USQ_SELECTORS, max_at_k, pass_at_k, usq
 from .semantic import VENDI_ORDERS, cosine_similarity_matrix, mean_cosine_distance_of, vendi_score
@@ -56,6 +57,9 @@ REGISTRY: dict[str, MetricInfo] = {
         f"distinct_{n}": _info(f"distinct_{n}", True, "diversity", f"unique / total {n}-grams pooled over the k samples")
         for n in range(1, 5)
     },
+    "distinct_k": _info("distinct_k", True, "diversity",
+                        "equivalence classes among the k samples (unigram F1 >= 0.7, greedy in sample order; NoveltyBench)"),
+    "distinct_k_fraction": _info("distinct_k_fraction", True, "diversity", "distinct_k / k"),
     "self_bleu": _info("self_bleu", False, "diversity", "mean BLEU-4 of each sample against all the others"),
     "pairwise_bleu": _info("pairwise_bleu", False, "diversity", "mean single-reference BLEU-4 over ordered pairs"),
     "mean_pairwise_cosine_distance": _info(
@@ -91,7 +95,8 @@ def metric_info(name: str) -> MetricInfo:
     raise KeyError(f"unknown metric {name!r}: not in polychromic.metrics.REGISTRY")
 
 
-_LEXICAL_DIVERSITY = [f"distinct_{n}" for n in range(1, 5)] + ["self_bleu", "pairwise_bleu", "compression_ratio"]
+_LEXICAL_DIVERSITY = [f"distinct_{n}" for n in range(1, 5)] + [
+    "distinct_k", "distinct_k_fraction", "self_bleu", "pairwise_bleu", "compression_ratio"]
 _SEMANTIC_DIVERSITY = ["mean_pairwise_cosine_distance", *VENDI_ORDERS]
 
 
@@ -145,6 +150,8 @@ def per_prompt_metrics(
     else:
         for n in range(1, 5):
             run(f"distinct_{n}", lambda n=n: lex.distinct(n))
+        classes = distinct_k(texts)
+        metrics["distinct_k"], metrics["distinct_k_fraction"] = float(classes), classes / k
         run("self_bleu", lex.self_bleu)
         run("pairwise_bleu", lex.pairwise_bleu)
         run("compression_ratio", lambda: compression_ratio(texts))
