@@ -134,3 +134,60 @@ def test_configs_list_and_copy(tmp_path):
                            capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 2 and "mine.yaml: exists" in again.stderr
     assert load_config(tmp_path / "mine.yaml") == load_config("polychromic_1.0_moderate")  # untouched
+
+
+def test_cli_validate_reports_unknown_key_and_value_error_together():
+    r = _cli("validate", "baseline", "trainer.lr=-1", "trainer.batchsize=3")
+    assert r.returncode == 2
+    assert "2 config error(s)" in r.stderr
+    assert "trainer.batchsize: unknown key, did you mean batch_size?" in r.stderr
+    assert "trainer.lr: must be > 0" in r.stderr
+
+
+def test_structural_value_and_cross_field_errors_in_one_report():
+    from polychromic.config import config_from_dict
+
+    data = {
+        "trainer": {"lr": -1, "batchsize": 3, "grad_accum": "two", "warmup_ratio": 2},
+        "lora": {"r": "abc", "dropout": 1.5},
+        "rollout": {"min_generation_length": 50, "max_generation_length": 10},
+        "eval": {"models": [{"name": "a", "adapter": 3}, {"name": "b", "colour": "red"}], "k": 0},
+    }
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(data, "mixed.yaml")
+    assert sorted(e.value.errors) == sorted([
+        "trainer.batchsize: unknown key, did you mean batch_size?",
+        "trainer.grad_accum: expected int, got 'two'",
+        "lora.r: expected int, got 'abc'",
+        "eval.models[0].adapter: expected str or null, got 3",
+        "eval.models[1].colour: unknown key (valid keys: name, adapter)",
+        "trainer.lr: must be > 0",
+        "trainer.warmup_ratio: must be in [0, 1)",
+        "lora.dropout: must be in [0, 1)",
+        "rollout.min_generation_length: must be in [0, max_generation_length]",
+        "eval.k: must be >= 1",
+    ])
+    assert str(e.value).startswith("mixed.yaml: 10 config error(s):")
+
+
+def test_cross_field_rules_skip_only_the_fields_that_failed_structurally():
+    from polychromic.config import config_from_dict
+
+    # N failed (its default 5 < set_size + 1 = 6 would be judged) and val_fraction failed (its
+    # default 0.05 + 0.99 >= 1 would be judged): neither cross-field rule may fire on a default.
+    data = {"objective": {"name": "polychromic", "diversity_weight": 1.0, "set_size": 5},
+            "rollout": {"n_generations": "many"},
+            "data": {"val_fraction": "abc", "test_fraction": 0.99},
+            "eval": {"models": [{"name": "a"}, {"name": 5}], "baseline": "b"}}
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(data)
+    assert sorted(e.value.errors) == sorted([
+        "rollout.n_generations: expected int, got 'many'",
+        "data.val_fraction: expected float, got 'abc'",
+        "eval.models[1].name: expected str, got 5",
+    ])
+    # The same rules do fire when the fields they read are well-typed.
+    data["rollout"]["n_generations"], data["data"]["val_fraction"], data["eval"]["models"][1]["name"] = 5, 0.05, "c"
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(data)
+    assert sorted(line.split(":")[0] for line in e.value.errors) == ["data.test_fraction", "eval.baseline", "rollout.n_generations"]

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Collection, Literal, Optional, Union
 
 import yaml
 
@@ -248,11 +248,21 @@ class ConfigError(ValueError):
 # Invariants across fields (trl style: every rule in one place)
 
 
-def _invariants(c: Config) -> list[str]:
+def _related(field: str, failed: str) -> bool:
+    """Does a rule reading `field` depend on the structurally failed path `failed` (the field
+    itself, a part of it such as `eval.models[1].name`, or a section holding it)?"""
+    return any(a == b or a.startswith(b + ".") or a.startswith(b + "[") for a, b in ((failed, field), (field, failed)))
+
+
+def _invariants(c: Config, failed: Collection[str] = ()) -> list[str]:
+    """Value and cross-field rules. Each message starts with the path of the field it judges;
+    `also` names the other fields a rule reads. A rule reading a field in `failed` (one that
+    failed structurally and holds its default) is skipped."""
     e: list[str] = []
 
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
+    def need(ok: bool, msg: str, *also: str) -> None:
+        fields = (msg.split(":", 1)[0], *also)
+        if not ok and not any(_related(f, x) for f in fields for x in failed):
             e.append(msg)
 
     need(bool(c.experiment) and "/" not in c.experiment, "experiment: must be a non-empty name without '/'")
@@ -260,10 +270,11 @@ def _invariants(c: Config) -> list[str]:
     need(c.lora.alpha > 0, "lora.alpha: must be > 0")
     need(0.0 <= c.lora.dropout < 1.0, "lora.dropout: must be in [0, 1)")
     need(len(c.lora.target_modules) > 0, "lora.target_modules: must name at least one module")
-    need(c.data.source != "jsonl" or bool(c.data.path), "data.path: required when data.source is jsonl")
+    need(c.data.source != "jsonl" or bool(c.data.path), "data.path: required when data.source is jsonl", "data.source")
     need(0.0 <= c.data.val_fraction < 1.0, "data.val_fraction: must be in [0, 1)")
     need(0.0 < c.data.test_fraction < 1.0, "data.test_fraction: must be in (0, 1)")
-    need(c.data.val_fraction + c.data.test_fraction < 1.0, "data.test_fraction: val_fraction + test_fraction must be < 1")
+    need(c.data.val_fraction + c.data.test_fraction < 1.0, "data.test_fraction: val_fraction + test_fraction must be < 1",
+         "data.val_fraction")
     need("{prompt}" in c.data.template, "data.template: must contain {prompt}")
     need(c.data.max_length >= 16, "data.max_length: must be >= 16")
     need(c.data.max_chars > 0, "data.max_chars: must be > 0")
@@ -275,7 +286,8 @@ def _invariants(c: Config) -> list[str]:
     need(0.0 < r.diversity_top_p <= 1.0, "rollout.diversity_top_p: must be in (0, 1]")
     need(r.diversity_top_k >= 0, "rollout.diversity_top_k: must be >= 0 (0 = off)")
     need(r.max_generation_length >= 1, "rollout.max_generation_length: must be >= 1")
-    need(0 <= r.min_generation_length <= r.max_generation_length, "rollout.min_generation_length: must be in [0, max_generation_length]")
+    need(0 <= r.min_generation_length <= r.max_generation_length, "rollout.min_generation_length: must be in [0, max_generation_length]",
+         "rollout.max_generation_length")
     need(r.batch_size is None or r.batch_size >= 1, "rollout.batch_size: must be >= 1")
     o = c.objective
     need(o.diversity_weight >= 0, "objective.diversity_weight: must be >= 0")
@@ -285,17 +297,21 @@ def _invariants(c: Config) -> list[str]:
     need(o.min_reply_words >= 0, "objective.min_reply_words: must be >= 0")
     need(0.0 <= o.relevance_threshold <= 1.0, "objective.relevance_threshold: must be in [0, 1]")
     need(o.quality != "guard_x_relevance_ramp" or o.relevance_threshold > 0.0,
-         "objective.relevance_threshold: must be > 0 with quality guard_x_relevance_ramp (it divides relevance)")
+         "objective.relevance_threshold: must be > 0 with quality guard_x_relevance_ramp (it divides relevance)",
+         "objective.quality")
     need(0.0 < o.max_repeat_fraction <= 1.0, "objective.max_repeat_fraction: must be in (0, 1]")
     if o.name == "polychromic":
         n = c.set_size
-        need(n >= 2, "objective.set_size: must be >= 2 (a set needs a pair to have diversity)")
+        need(n >= 2, "objective.set_size: must be >= 2 (a set needs a pair to have diversity)",
+             "objective.name", "rollout.n_generations")
         need(
             r.n_generations >= n + 1,
             f"rollout.n_generations: must be >= set_size + 1 = {n + 1} for the polychromic objective "
             "(with N = n every leave-one-out advantage is 0)",
+            "objective.name", "objective.set_size",
         )
-        need(o.diversity_weight > 0 or o.kl_beta > 0, "objective.diversity_weight: must be > 0 for the polychromic objective (use name: sft for lambda = 0)")
+        need(o.diversity_weight > 0 or o.kl_beta > 0, "objective.diversity_weight: must be > 0 for the polychromic objective (use name: sft for lambda = 0)",
+             "objective.name", "objective.kl_beta")
     t = c.trainer
     need(t.epochs > 0, "trainer.epochs: must be > 0")
     need(t.max_steps is None or t.max_steps >= 1, "trainer.max_steps: must be >= 1")
@@ -312,7 +328,7 @@ def _invariants(c: Config) -> list[str]:
     need(len(v.models) >= 1, "eval.models: must list at least one model")
     names = [m.name for m in v.models]
     need(len(set(names)) == len(names), "eval.models: model names must be unique")
-    need(v.baseline is None or v.baseline in names, f"eval.baseline: must be one of the eval.models names {names}")
+    need(v.baseline is None or v.baseline in names, f"eval.baseline: must be one of the eval.models names {names}", "eval.models")
     need(v.k >= 1, "eval.k: must be >= 1")
     need(v.temperature > 0, "eval.temperature: must be > 0")
     need(0.0 < v.top_p <= 1.0, "eval.top_p: must be in (0, 1]")
@@ -407,12 +423,36 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     return None
 
 
+class _Problems(list):
+    """The error lines of one config, plus the dotted paths of the fields that failed
+    structurally (a wrong type, a bad Literal, not a mapping) and so kept their defaults: the
+    cross-field rules skip those fields instead of judging a default the user never chose."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: set[str] = set()
+
+
+def _mark_failed(errors: list[str], path: str) -> None:
+    if isinstance(errors, _Problems):
+        errors.failed.add(path)
+
+
+def _keeps_partial(tp: Any) -> bool:
+    """Sections (dataclasses) and lists of them are kept when some of their fields failed: the
+    fields that did convert still reach the value and cross-field rules."""
+    if dataclasses.is_dataclass(tp):
+        return True
+    return typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0])
+
+
 def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     prefix = f"{path}." if path else ""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         errors.append(f"{path or '<root>'}: expected a mapping, got {data!r}")
+        _mark_failed(errors, path or "<root>")
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -425,8 +465,10 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
             continue
         before = len(errors)
         out = _convert(value, hints[key], f"{prefix}{key}", errors)
-        if len(errors) == before:
+        if len(errors) == before or (out is not None and _keeps_partial(hints[key])):
             kwargs[key] = out
+        else:
+            _mark_failed(errors, f"{prefix}{key}")
     return cls(**kwargs)
 
 
@@ -506,11 +548,12 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 
 def config_from_dict(data: dict, source: str | None = None) -> Config:
-    errors: list[str] = []
+    errors = _Problems()
     cfg = _build(Config, data, "", errors)
-    # Fields with a type error kept their defaults, so the cross-field rules can still run and
-    # every problem is reported in one go.
-    errors += [e for e in _invariants(cfg) if e not in errors]
+    # Structural errors (unknown keys, types) and value and cross-field errors in one report:
+    # a section with a bad field keeps its good ones, the bad field keeps its default, and
+    # the rules reading a failed field are skipped.
+    errors += [e for e in _invariants(cfg, errors.failed) if e not in errors]
     if errors:
         raise ConfigError(errors, source)
     return cfg
