@@ -118,3 +118,83 @@ def test_decision_tree_branches():
     r = S.decision_tree({"aggressive": None, "moderate": 0.2})
     assert r["verdict"] == "workshop" and r["undefined"] == ["aggressive"]
     assert S.model_role("qwen3-8b-AGGRESSIVE-lambda2") == "aggressive" and S.model_role("baseline") is None
+
+
+# --------------------------------------------------------------------------------------------
+# Seeds x prompts: two-level and pooled bootstrap
+
+
+def _arm(values):
+    """{seed: {prompt_id: value}} from a (seeds, prompts) array."""
+    return {f"s{i}": {f"p{j:03d}": float(v) for j, v in enumerate(row)} for i, row in enumerate(np.asarray(values))}
+
+
+def test_two_level_equals_pooled_without_seed_variance():
+    rng = np.random.default_rng(0)
+    prompt = rng.normal(0, 1, size=80)
+    a = _arm(np.tile(prompt + 0.3 + rng.normal(0, 0.2, 80), (3, 1)))  # 3 identical seeds
+    b = _arm(np.tile(prompt + rng.normal(0, 0.2, 80), (4, 1)))
+    two = S.two_level_bootstrap(a, b, resamples=3000, seed=5)
+    pooled = S.pooled_bootstrap(a, b, resamples=3000, seed=5)
+    assert two["delta"] == pytest.approx(pooled["delta"]) and two["n_seeds_a"] == 3 and two["n_seeds_b"] == 4
+    assert two["ci"] == pytest.approx(pooled["ci"], abs=1e-12)  # same prompt plan: equal, not just close
+    assert two["se"] == pytest.approx(pooled["se"], rel=1e-9)
+    # and the pooled one is paired_bootstrap on the seed means
+    pb = S.paired_bootstrap(np.asarray(list(a["s0"].values())), np.asarray(list(b["s0"].values())), resamples=3000, seed=5)
+    assert pooled["ci"] == pytest.approx([pb["ci_low"], pb["ci_high"]])
+
+
+def test_two_level_ci_widens_with_seed_variance_by_the_known_amount():
+    """value[s, p] = u_s + v_p: the prompt part cancels in the paired difference, so the two-level
+    bootstrap variance of the difference is the bootstrap variance of the two seed means,
+    var_pop(u_a) / S_a + var_pop(u_b) / S_b, while the pooled bootstrap sees no uncertainty."""
+    rng = np.random.default_rng(1)
+    v = rng.normal(0, 1, size=60)
+    u_a, u_b = np.array([0.0, 0.4, 1.1, 0.5, 0.2]), np.array([0.1, -0.3, 0.6, 0.0])
+    a, b = _arm(u_a[:, None] + v), _arm(u_b[:, None] + v)
+    two = S.two_level_bootstrap(a, b, resamples=20000, seed=0)
+    pooled = S.pooled_bootstrap(a, b, resamples=20000, seed=0)
+    assert two["delta"] == pytest.approx(u_a.mean() - u_b.mean())
+    assert pooled["ci_half_width"] == pytest.approx(0, abs=1e-12)
+    assert two["se"] == pytest.approx(np.sqrt(u_a.var() / 5 + u_b.var() / 4), rel=0.03)
+    assert two["ci_half_width"] > 0.2
+    # seed variance on top of prompt noise: wider than pooled
+    noise = rng.normal(0, 0.3, size=(5, 60))
+    two = S.two_level_bootstrap(_arm(u_a[:, None] + v + noise), b, resamples=4000, seed=0)
+    pooled = S.pooled_bootstrap(_arm(u_a[:, None] + v + noise), b, resamples=4000, seed=0)
+    assert two["ci_half_width"] > 1.5 * pooled["ci_half_width"]
+    assert two["note"] is None and "not in the CI" in pooled["note"]
+
+
+def test_mde_formula_and_relative_delta():
+    assert S.mde_multiplier() == pytest.approx(1.959964 + 0.841621, abs=1e-5)  # the "2.8 x SE" rule
+    assert S.mde_multiplier(0.05, 0.9) == pytest.approx(1.959964 + 1.281552, abs=1e-5)
+    rng = np.random.default_rng(2)
+    n = 400
+    d = rng.normal(0.1, 1.0, size=n)
+    b_vals = 5 + rng.normal(0, 1, size=n)
+    r = S.two_level_bootstrap(_arm([b_vals + d]), _arm([b_vals]), resamples=8000, seed=3)
+    assert "one seed" in r["note"]
+    # one seed per arm: the SE is the prompt bootstrap's, sd(d) / sqrt(n) (population sd)
+    assert r["se"] == pytest.approx(d.std() / np.sqrt(n), rel=0.05)
+    assert r["mde"] == pytest.approx(S.mde_multiplier() * r["se"], rel=1e-12)
+    assert r["mde_relative"] == pytest.approx(r["mde"] / abs(b_vals.mean()))
+    assert r["relative_delta"] == pytest.approx(d.mean() / b_vals.mean())
+    assert r["relative_ci"][0] < r["relative_delta"] < r["relative_ci"][1]
+    assert r["ci"][0] < r["delta"] < r["ci"][1] and r["ci_half_width"] == pytest.approx((r["ci"][1] - r["ci"][0]) / 2)
+    zero = S.two_level_bootstrap(_arm([[1.0, 2.0]]), _arm([[0.0, 0.0]]), resamples=100)
+    assert zero["relative_delta"] is None and "baseline mean is 0" in zero["relative_note"]
+
+
+def test_two_level_input_errors_and_common_prompts():
+    a = {"s0": {"p1": 1.0, "p2": 2.0, "p3": None}, "s1": {"p1": 1.5, "p2": 2.5, "p3": 3.0}}
+    b = {"s0": {"p1": 0.0, "p2": float("nan"), "p3": 1.0}}
+    assert S.common_prompts(a, b) == ["p1"]
+    with pytest.raises(ValueError, match=r"seed 's0' has no value for 1 of 3 prompt\(s\).*common_prompts"):
+        S.two_level_bootstrap(a, b)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        S.two_level_bootstrap(a, b, prompts=["p1", "p2"])
+    r = S.two_level_bootstrap(a, b, prompts=S.common_prompts(a, b), resamples=200)
+    assert r["n_prompts"] == 1 and r["delta"] == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="no seeds"):
+        S.two_level_bootstrap({}, b)

@@ -1,4 +1,5 @@
-"""Paired statistics over prompts, and the prior system's decision tree.
+"""Paired statistics over prompts, the two-level (seeds x prompts) bootstrap, and the prior
+system's decision tree.
 
 Every comparison is paired: model and baseline are scored on the same prompts, and the unit of
 resampling is the prompt (docs/metrics.md, "Statistics"). Never resample samples within
@@ -195,6 +196,155 @@ def relative_gain(mean_model: float, mean_base: float, higher_is_better: bool) -
         raise Undefined("relative gain: baseline mean is 0")
     change = (mean_model - mean_base) if higher_is_better else (mean_base - mean_model)
     return float(change / abs(mean_base))
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds and prompts: the two-level bootstrap
+#
+# An arm (a model trained with several seeds) is {seed: {prompt_id: value}}. Averaging the seeds
+# per prompt before a prompt bootstrap (`pooled_bootstrap`) treats the seeds as fixed: its CI
+# says how sure we are about THESE adapters, not about the training recipe, and a recipe whose
+# seeds scatter looks as certain as one whose seeds agree. `two_level_bootstrap` also resamples
+# the seeds: in each resample the prompts are drawn with replacement once (shared by the arms, so
+# the comparison stays paired per prompt) and each arm's seeds are drawn with replacement
+# independently (the arms' seeds are different training runs). This is Owen's pigeonhole
+# bootstrap for a crossed seeds x prompts design (Owen 2007, Ann. Appl. Stat. 1(2)), which is
+# mildly conservative (the seed x prompt interaction is counted at both levels). With one seed
+# per arm the seed level contributes nothing and both methods coincide; the result says so.
+
+MDE_ALPHA = 0.05
+MDE_POWER = 0.8
+
+
+def mde_multiplier(alpha: float = MDE_ALPHA, power: float = MDE_POWER) -> float:
+    """z_(1 - alpha/2) + z_power: the minimum detectable effect of a two-sided test at level alpha
+    with the given power is this many standard errors (normal approximation, the far tail
+    ignored); 1.960 + 0.842 = 2.80 for alpha 0.05 and 80% power."""
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise ValueError(f"mde_multiplier: alpha and power must be in (0, 1), got {alpha}, {power}")
+    return float(_scipy_stats.norm.ppf(1 - alpha / 2) + _scipy_stats.norm.ppf(power))
+
+
+def common_prompts(*arms: Mapping) -> list[str]:
+    """Sorted prompt ids with a finite value in every seed of every arm: the prompts a paired
+    seeds x prompts comparison can use (an excluded metric is None on some prompts)."""
+    sets = []
+    for arm in arms:
+        if not arm:
+            raise ValueError("common_prompts: an arm has no seeds")
+        for values in arm.values():
+            sets.append({p for p, v in values.items() if v is not None and math.isfinite(float(v))})
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def arm_matrix(arm: Mapping, prompts: Sequence[str], what: str) -> np.ndarray:
+    """(seeds, prompts) array of an arm {seed: {prompt_id: value}}, seeds in the arm's order.
+    Every seed must have a finite value for every prompt (restrict to `common_prompts` first)."""
+    if not arm:
+        raise ValueError(f"{what}: no seeds")
+    rows = []
+    for s, values in arm.items():
+        missing = [p for p in prompts if p not in values or values[p] is None]
+        if missing:
+            raise ValueError(f"{what}: seed {s!r} has no value for {len(missing)} of {len(prompts)} prompt(s) "
+                             f"(e.g. {missing[:3]}); restrict the comparison to common_prompts(...)")
+        rows.append([float(values[p]) for p in prompts])
+    mat = np.asarray(rows, dtype=np.float64)
+    if not np.all(np.isfinite(mat)):
+        bad = [(s, p) for (i, s) in enumerate(arm) for j, p in enumerate(prompts) if not math.isfinite(mat[i, j])]
+        raise ValueError(f"{what}: NaN or infinite values at (seed, prompt) {bad[:3]}")
+    return mat
+
+
+def two_level_means(groups: Sequence[Sequence[np.ndarray]], resamples: int, seed: int) -> list[list[np.ndarray]]:
+    """Resampled means of (seeds, prompts) matrices. The prompts are resampled once per resample
+    for every matrix (the same plan as `paired_bootstrap`, so one seed gives exactly its numbers);
+    the seeds once per resample and group: the matrices of one group are the same seeds (one
+    arm's metrics, or one arm at several temperatures), different groups are independent arms.
+    Returns, per group and matrix, the `resamples` means."""
+    if not groups or any(not g for g in groups):
+        raise ValueError("two_level_means: every group needs at least one matrix")
+    n = groups[0][0].shape[1]
+    for g in groups:
+        for m in g:
+            if m.ndim != 2 or m.shape[1] != n or m.shape[0] != g[0].shape[0]:
+                raise ValueError(f"two_level_means: shapes {[x.shape for x in g]} do not share the group's seeds "
+                                 f"and the {n} prompts")
+    rng = np.random.default_rng([seed, 2])  # a stream apart from the prompt plan's
+    seed_counts = []
+    for g in groups:
+        s = g[0].shape[0]
+        idx = rng.integers(0, s, size=(resamples, s)) + s * np.arange(resamples)[:, None]
+        seed_counts.append(np.bincount(idx.ravel(), minlength=resamples * s).reshape(resamples, s).astype(np.float64))
+    out: list[list[list[np.ndarray]]] = [[[] for _ in g] for g in groups]
+    done = 0
+    for w in _chunks("boot", n, resamples, seed):
+        rows = slice(done, done + w.shape[0])
+        for gi, g in enumerate(groups):
+            c = seed_counts[gi][rows]
+            for mi, m in enumerate(g):
+                x = m @ w.T  # (seeds, chunk): each seed's sum over the resampled prompts
+                out[gi][mi].append(np.einsum("rs,sr->r", c, x) / (m.shape[0] * n))
+        done += w.shape[0]
+    return [[np.concatenate(parts) for parts in g] for g in out]
+
+
+def _delta_summary(ma: np.ndarray, mb: np.ndarray, mean_a: float, mean_b: float, level: float, alpha: float,
+                   power: float) -> dict:
+    d = ma - mb
+    lo, hi = _ci(d, level)
+    se = float(d.std(ddof=1))
+    mde = mde_multiplier(alpha, power) * se
+    out = {"mean_a": mean_a, "mean_b": mean_b, "delta": mean_a - mean_b, "ci": [lo, hi], "ci_half_width": (hi - lo) / 2,
+           "se": se, "mde": mde, "level": level, "alpha": alpha, "power": power}
+    if mean_b == 0 or np.any(mb == 0):
+        out.update(relative_delta=None, relative_ci=None, mde_relative=None,
+                   relative_note="undefined: the baseline mean is 0 (in the data or in a resample)")
+    else:
+        out.update(relative_delta=(mean_a - mean_b) / abs(mean_b), relative_ci=list(_ci(d / np.abs(mb), level)),
+                   mde_relative=mde / abs(mean_b), relative_note=None)
+    return out
+
+
+def _arms(a: Mapping, b: Mapping, prompts: Optional[Sequence[str]], what: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    if prompts is None:
+        prompts = sorted({p for values in list(a.values()) + list(b.values()) for p in values})
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError(f"{what}: no prompts")
+    return prompts, arm_matrix(a, prompts, f"{what}: a"), arm_matrix(b, prompts, f"{what}: b")
+
+
+def two_level_bootstrap(a: Mapping, b: Mapping, prompts: Optional[Sequence[str]] = None, resamples: int = 10000,
+                        seed: int = 0, level: float = 0.95, alpha: float = MDE_ALPHA, power: float = MDE_POWER) -> dict:
+    """Mean difference a - b of two arms {seed: {prompt_id: value}} with a percentile CI from the
+    two-level bootstrap (prompts shared and paired, each arm's seeds independently), the relative
+    difference (a - b) / |b| and its CI, the CI half-width, the bootstrap standard error and the
+    minimum detectable effect `mde` = mde_multiplier(alpha, power) x se (2.80 x se for alpha 0.05,
+    power 0.8): a true difference smaller than this is likely to be missed by this design. `prompts`
+    restricts the comparison (default: all prompts, each of which every seed must have). The
+    point estimate weighs every (seed, prompt) equally, as `pooled_bootstrap` does."""
+    prompts, ma, mb = _arms(a, b, prompts, "two_level_bootstrap")
+    (ra,), (rb,) = two_level_means([[ma], [mb]], resamples, seed)
+    out = _delta_summary(ra, rb, float(ma.mean()), float(mb.mean()), level, alpha, power)
+    single = [x for x, m in (("a", ma), ("b", mb)) if m.shape[0] == 1]
+    note = (f"arm(s) {', '.join(single)} have one seed: seed variation is not in the CI" if single else None)
+    return {"method": "two-level (seeds and prompts resampled)", "n_prompts": len(prompts), "n_seeds_a": ma.shape[0],
+            "n_seeds_b": mb.shape[0], **out, "resamples": resamples, "seed": seed, "note": note}
+
+
+def pooled_bootstrap(a: Mapping, b: Mapping, prompts: Optional[Sequence[str]] = None, resamples: int = 10000,
+                     seed: int = 0, level: float = 0.95, alpha: float = MDE_ALPHA, power: float = MDE_POWER) -> dict:
+    """The same comparison with each arm's seeds averaged per prompt first and only the prompts
+    resampled (`paired_bootstrap`'s plan): the CI of these adapters, seed variation ignored.
+    Same keys as `two_level_bootstrap`, so a report can show both side by side."""
+    prompts, ma, mb = _arms(a, b, prompts, "pooled_bootstrap")
+    pa, pb = ma.mean(axis=0), mb.mean(axis=0)
+    ra, rb = _bootstrap_means([pa, pb], resamples, seed)
+    out = _delta_summary(ra, rb, float(pa.mean()), float(pb.mean()), level, alpha, power)
+    return {"method": "pooled (seeds averaged per prompt, prompts resampled)", "n_prompts": len(prompts),
+            "n_seeds_a": ma.shape[0], "n_seeds_b": mb.shape[0], **out, "resamples": resamples, "seed": seed,
+            "note": "seed variation is not in the CI"}
 
 
 # The prior system's publication decision tree (docs/metrics.md, "Statistics"), on the relative
