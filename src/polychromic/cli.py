@@ -34,7 +34,7 @@ def cmd_data_prepare(args) -> int:
     if args.config is not None and "=" in args.config and not os.path.exists(args.config):
         args.overrides, args.config = [args.config, *args.overrides], None
     cfg = _load(args)
-    manifest = prepare(cfg.data, seed=cfg.seed, out_dir=args.out, skip_invalid=args.skip_invalid or cfg.data.skip_invalid)
+    manifest = prepare(cfg.data, seed=cfg.split_seed, out_dir=args.out, skip_invalid=args.skip_invalid or cfg.data.skip_invalid)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["rows"].items())
     rejects = manifest.get("rejects", {})
     print(f"wrote {manifest['out_dir']}: {counts}" + (f"; rejected {sum(rejects.values())} ({rejects})" if rejects else ""))

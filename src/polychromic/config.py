@@ -81,6 +81,9 @@ class DataConfig:
     the prompt, never cutting the reply)."""
     max_train_examples: Optional[int] = None
     """Use only the first K training rows (demo configs)."""
+    split_seed: Optional[int] = None
+    """Seed of the train/val/test assignment in `data prepare`; None = the run's `seed`. An
+    experiment fixes it so that every training seed sees the same split."""
 
 
 @dataclass
@@ -230,6 +233,11 @@ class Config:
         return Path(self.runs_dir) / self.experiment / f"seed_{self.seed}"
 
     @property
+    def split_seed(self) -> int:
+        """The seed `data prepare` splits with: data.split_seed, else the run's seed."""
+        return self.data.split_seed if self.data.split_seed is not None else self.seed
+
+    @property
     def set_size(self) -> int:
         n = self.objective.set_size
         return n if n is not None else max(2, min(4, self.rollout.n_generations // 2))
@@ -356,6 +364,10 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of {_type_name(typing.get_args(tp)[1])}"
+    if tp is Any:
+        return "any value"
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
@@ -394,6 +406,14 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
             return None
         (item,) = typing.get_args(tp)
         return [_convert(v, item, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+            return None
+        key_tp, value_tp = typing.get_args(tp)
+        return {_convert(k, key_tp, f"{path}: key", errors): _convert(v, value_tp, f"{path}.{k}", errors) for k, v in value.items()}
+    if tp is Any:
+        return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, errors)
     if tp is bool:
