@@ -382,3 +382,51 @@ def test_distinct_k_in_per_prompt_metrics_and_registry():
         M.distinct_k(["a"], threshold=0.0)
     with pytest.raises(TypeError, match="one string"):
         M.distinct_k("a b c")
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance: which metrics the training reward optimised
+
+
+def test_trained_on_marks_what_the_training_reward_optimised():
+    from polychromic.metrics.provenance import provenance, trained_on
+
+    mini, e5 = "embedded:all-minilm-l6-v2", "embedded:multilingual-e5-small"
+    # the default training: MiniLM distance, guard x relevance quality
+    for m in ("mean_pairwise_cosine_distance", "vendi_q1", "vendi_qinf"):
+        assert trained_on(m, mini, mini, "guard_x_relevance") is True
+        assert trained_on(m, e5, mini, "guard_x_relevance") is False  # a separate evaluation encoder
+        assert trained_on(m, mini, None, "guard") is False  # the training reward embeds nothing
+    for m in ("quality", "pass_at_3", "max_at_10", "usq_best", "relevance"):
+        assert trained_on(m, e5, mini, "guard_x_relevance") is True
+    assert trained_on("quality", e5, mini, "guard") is True  # the guard alone is in the reward
+    assert trained_on("relevance", e5, mini, "guard") is False
+    assert trained_on("quality", e5, mini, "constant") is False
+    assert trained_on("quality", e5, mini, "guard", eval_quality="relevance") is False  # no shared part
+    for m in ("distinct_2", "self_bleu", "distinct_k", "distinct_k_fraction", "rouge_l", "ref_nll", "ref_nll_tempered",
+              "compression_ratio", "length_tokens"):
+        assert trained_on(m, mini, mini, "guard_x_relevance") is False, m
+    # lexical training distances optimise lexical metrics directly
+    assert trained_on("distinct_2", e5, mini, "guard", train_distance="distinct") is True
+    assert trained_on("distinct_2", e5, mini, "guard", train_distance="semantic_distinct") is True
+    assert trained_on("self_bleu", e5, mini, "guard", train_distance="bleu") is True
+    assert trained_on("distinct_k", e5, mini, "guard", train_distance="distinct") is False
+    with pytest.raises(KeyError, match="unknown metric"):
+        trained_on("bogus", mini, mini, "guard")
+    with pytest.raises(ValueError, match="unknown quality function 'nope'"):
+        trained_on("quality", mini, mini, "nope")
+    with pytest.raises(ValueError, match="unknown training distance"):
+        trained_on("quality", mini, mini, "guard", train_distance="cosine")
+    p = provenance(["quality", "distinct_k"], e5, mini, "guard_x_relevance")
+    assert p["trained_on"] == {"distinct_k": False, "quality": True} and p["eval_quality"] == "guard_x_relevance"
+
+
+def test_provenance_knows_every_quality_distance_and_registered_metric():
+    from polychromic import rewards
+    from polychromic.metrics import provenance as P
+
+    assert set(P.QUALITY_PARTS) == set(rewards.QUALITIES)
+    assert set(P.DISTANCE_METRICS) == set(rewards.DISTANCES)
+    assert {q for q, parts in P.QUALITY_PARTS.items() if "relevance" in parts} == set(rewards.USES_RELEVANCE)
+    for name in M.REGISTRY:  # every registered metric has a rule (none raises KeyError)
+        P.trained_on(name, "a", "a", "guard_x_relevance")

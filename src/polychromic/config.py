@@ -156,6 +156,9 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     log_every: int = 1
     fail_on_alert: bool = False
+    on_nonfinite: Literal["skip", "stop"] = "skip"
+    """A NaN/inf loss or gradient norm: skip the optimizer step (its state untouched; an alert),
+    or stop the run, keeping its last good checkpoint (training/guards.py)."""
     grad_norm_alert: float = 20.0
     diversity_floor: float = 0.01
     """Alert when train/diversity_score falls under this."""

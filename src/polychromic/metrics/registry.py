@@ -80,6 +80,8 @@ REGISTRY: dict[str, MetricInfo] = {
     "usq_best": _info("usq_best", True, "quality", "quality of the best sample (selector: best by quality)"),
     "rouge_l": _info("rouge_l", True, "quality", "ROUGE-L F1 of the greedy reply against the reference"),
     "ref_nll": _info("ref_nll", False, "quality", "per-token negative log-likelihood of the reference reply"),
+    "ref_nll_tempered": _info("ref_nll_tempered", False, "quality",
+                              "reference per-token NLL under the evaluation temperature (logits / T), as the samples are drawn"),
 }
 
 _K_METRIC = re.compile(r"(pass|max)_at_(\d+)")

@@ -16,15 +16,13 @@ N samples never straddles processes.
 
 Reproducibility: data order is a function of (seed, epoch), rollouts of (seed, step, rank), and
 checkpoints hold the adapter, optimizer, scheduler, every RNG state and the data position, so a
-run killed at any point and resumed ends with the same adapter as an uninterrupted one.
+run killed at any point and resumed ends with the same adapter as an uninterrupted one. Saving
+and loading them (and the final adapter) is checkpoint.py's; non-finite steps are guards.py's.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import random
-import shutil
 import time
 from pathlib import Path
 
@@ -33,23 +31,15 @@ import torch
 
 from polychromic.config import Config
 from polychromic.data import collate, encode_example, load_split, render_prompt
-from polychromic.io import atomic_write_json
 from polychromic.models import attach_lora, load_base_model, load_embedder, load_tokenizer, pick_device
+from polychromic.training.checkpoint import load_checkpoint, save_adapter, save_checkpoint
+from polychromic.training.guards import NonFiniteError, nonfinite_step
 from polychromic.training.monitor import Monitor
 from polychromic.training.objectives import OBJECTIVES, Terms
 from polychromic.training.objectives.sft import ce_loss, count_targets
 from polychromic.training.rollout import generate_rollouts, rollout_seed
 from polychromic.rewards import needs_embedder
-from polychromic.rundir import (
-    ADAPTER_DIR,
-    checkpoint_dir,
-    init_run_dir,
-    is_finished,
-    latest_checkpoint,
-    list_checkpoints,
-    mark_checkpoint_complete,
-    write_state,
-)
+from polychromic.rundir import init_run_dir, is_finished, latest_checkpoint, write_state
 
 # trainer.lr_scheduler -> transformers.get_scheduler name (all with linear warmup).
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -80,7 +70,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
     objective = OBJECTIVES[cfg.objective.name]
     total, every, lam = s.total_steps, cfg.objective.compute_diversity_every_n_steps, cfg.objective.diversity_weight
     ckpt = latest_checkpoint(run_dir) if resume else None
-    start = _load_checkpoint(ckpt, s, acc) if ckpt is not None else 0
+    start = load_checkpoint(ckpt, s, acc) if ckpt is not None else 0
     with Monitor(run_dir, cfg, total, start, is_main=acc.is_main_process) as monitor:
         for step in range(start, total):
             t0 = time.perf_counter()
@@ -102,7 +92,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
             _set_grads(s.params, g_ce, g_div)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(s.params, cfg.trainer.max_grad_norm))
             lr = s.sched.get_last_lr()[0]  # the rate this step uses
-            s.opt.step()
+            bad = _nonfinite(acc, ce_sum, terms.loss, grad_norm)  # the same verdict on every process
+            if bad is None:
+                s.opt.step()
             s.sched.step()
             s.opt.zero_grad(set_to_none=True)
 
@@ -120,11 +112,16 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 "train/lr": lr,
                 "train/epoch": (step + 1) * s.global_batch / s.n_train,
             }
-            if (step + 1) % cfg.trainer.log_every == 0 or step + 1 == total:
+            if bad is not None:
+                logs["train/nonfinite_step"] = 1.0  # the monitor's nonfinite_step red flag
+            if (step + 1) % cfg.trainer.log_every == 0 or step + 1 == total or bad is not None:
                 monitor.log(step + 1, logs)
+            if bad is not None and cfg.trainer.on_nonfinite == "stop":
+                raise NonFiniteError(f"step {step + 1}: {bad} (trainer.on_nonfinite=stop); the last good checkpoint is "
+                                     f"{latest_checkpoint(run_dir) or 'none (no checkpoint yet)'}")
             if (step + 1) % cfg.trainer.save_every == 0 or step + 1 == total:
-                _save_checkpoint(run_dir, step + 1, s, acc, cfg)
-        _save_adapter(run_dir, s, acc)
+                save_checkpoint(run_dir, step + 1, s, acc, cfg)
+        save_adapter(run_dir, s, acc)
         monitor.close("done")
     return run_dir
 
@@ -255,93 +252,11 @@ def _set_grads(params, g_ce, g_div) -> None:
         p.grad = g_ce[i] if g_div is None else g_ce[i] + g_div[i]
 
 
+def _nonfinite(acc, ce_sum: float, rollout_term: float, grad_norm: float) -> str | None:
+    """guards.nonfinite_step on the process-summed losses and the global gradient norm."""
+    ce, rt = _sum(acc, [ce_sum, float(rollout_term)])
+    return nonfinite_step({"cross-entropy": ce, "rollout term": rt}, grad_norm)
+
+
 def _norm(grads: list[torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: written into a temporary folder, completed with rundir's COMPLETE marker, then
-# renamed: a kill at any moment leaves either no step-N folder or a complete one.
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_checkpoint(run_dir: Path, step: int, s: _Setup, acc, cfg: Config) -> None:
-    final = checkpoint_dir(run_dir, step)
-    tmp = final.with_name(f".{final.name}.tmp")
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"rng_rank{s.rank}.pt")
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        s.model.save_pretrained(tmp / "adapter")
-        torch.save(s.opt.state_dict(), tmp / "optimizer.pt")
-        torch.save(s.sched.state_dict(), tmp / "scheduler.pt")
-        atomic_write_json(
-            tmp / "trainer_state.json",
-            {"step": step, "data_seed": cfg.seed, "examples_seen": step * s.global_batch, "global_batch": s.global_batch,
-             "world_size": s.world, "n_train": s.n_train, "total_steps": s.total_steps},
-        )
-        mark_checkpoint_complete(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for _, old in list_checkpoints(run_dir)[: -cfg.trainer.keep_checkpoints]:
-            shutil.rmtree(old)
-        write_state(run_dir, last_checkpoint=str(final.relative_to(run_dir)))
-    acc.wait_for_everyone()
-
-
-def _load_checkpoint(ckpt: Path, s: _Setup, acc) -> int:
-    """Restore adapter, optimizer, scheduler and this process's RNG; return the step to start at."""
-    import json
-
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    meta = json.loads((ckpt / "trainer_state.json").read_text())
-    for key, now in (("world_size", s.world), ("global_batch", s.global_batch), ("n_train", s.n_train), ("total_steps", s.total_steps)):
-        if meta[key] != now:
-            raise ValueError(
-                f"{ckpt}/trainer_state.json: {key} was {meta[key]}, now {now}; resume needs the same data, "
-                "batch sizes, step count and number of processes (or start a new run)"
-            )
-    weights = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"), device=str(s.device))
-    result = set_peft_model_state_dict(s.model, weights)
-    if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"{ckpt}/adapter: unexpected keys {result.unexpected_keys[:5]} (a different LoRA config?)")
-    s.opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=s.device, weights_only=False))
-    s.sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-    rng = ckpt / f"rng_rank{s.rank}.pt"
-    if not rng.is_file():
-        raise ValueError(f"{rng} missing: the checkpoint was written by fewer processes")
-    _set_rng_state(torch.load(rng, weights_only=False))
-    return int(meta["step"])
-
-
-def _save_adapter(run_dir: Path, s: _Setup, acc) -> None:
-    if acc.is_main_process:
-        final = Path(run_dir) / ADAPTER_DIR
-        tmp = final.with_name(f".{final.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        s.model.save_pretrained(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    acc.wait_for_everyone()
-

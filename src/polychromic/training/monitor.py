@@ -19,6 +19,8 @@ Red flags (each printed to stderr, sent to the trackers as `alerts/<name>` = 1, 
 | non_finite_loss        | any key containing "loss" is NaN or inf                                     |
 | non_finite_value       | any other key is NaN or inf                                                 |
 | quality_collapse       | train/quality_mean < 0.05, or < 50% of its running max once 5 values seen   |
+| nonfinite_step         | the trainer found a NaN/inf loss or gradient (train/nonfinite_step = 1): the |
+|                        | step was skipped or the run stops (trainer.on_nonfinite, guards.py)         |
 
 With `trainer.fail_on_alert`, `log` raises AlertStop after everything is written. Alerts are
 computed on every process (so that, given the same reduced values, all ranks stop together);
@@ -228,6 +230,10 @@ class Monitor:
                 "diversity term has no gradient (the prior system's bug; all advantages zero?)",
                 gd,
             )
+        if finite.get("train/nonfinite_step") == 1.0:
+            what = ("the optimizer step was skipped (weights and optimizer state untouched)" if t.on_nonfinite == "skip"
+                    else "the run stops; its last checkpoint is the last good one")
+            fire("nonfinite_step", f"non-finite loss or gradient: {what} (trainer.on_nonfinite={t.on_nonfinite})", 1.0)
         qm = finite.get("train/quality_mean")
         if qm is not None:
             peak = max(self.quality_history, default=None)
@@ -291,4 +297,7 @@ class Monitor:
         # An exception leaving the training loop marks the run failed with its message; a normal
         # exit without an explicit close() is left to the caller (it decides when a run is done).
         if exc is not None:
-            self.close("failed", error=f"{exc_type.__name__}: {exc}")
+            try:
+                self.close("failed", error=f"{exc_type.__name__}: {exc}")
+            except OSError as close_exc:  # e.g. the disk is still full: the original error matters more
+                print(f"WARNING could not record the failure in {self.run_dir / 'state.json'}: {close_exc}", file=sys.stderr)

@@ -5,14 +5,22 @@ Every tracker works without a network or an account: TensorBoard writes event fi
 `<run_dir>/tensorboard`, W&B runs in offline mode by default (`wandb sync` uploads later), MLflow
 defaults to a file store under `<run_dir>/mlruns`.
 
+A tracker is an extra, never the run's record: one that fails (raising when it starts, on any
+log call or when it closes, e.g. an unreachable MLflow server) is dropped with one warning
+naming it and the error, recorded in state.json under `trackers_dropped`, and training goes on
+with `metrics.jsonl`. Only a tracker package that is not installed stops the start (a setup
+error, reported before the run claims to be running; `polychromic preflight` checks it too).
+
 Secrets: trackers receive the resolved config (which holds no secrets, only the *name* of the
-judge's key variable) and metric values. Nothing here reads or logs os.environ.
+judge's key variable) and metric values. Nothing here logs os.environ; a dropped tracker's error
+text has the values of the trackers' credential variables masked before it is shown or stored.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,8 +39,17 @@ class Tracker(Protocol):
     def close(self, status: str) -> None: ...
 
 
+class TrackerNotInstalled(ImportError):
+    """A configured tracker's package cannot be imported: a setup error that stops the start."""
+
+
+# Credential variables of the trackers' clients; their values are masked in a dropped tracker's error.
+CREDENTIAL_VARS = ("WANDB_API_KEY", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME",
+                   "DATABRICKS_TOKEN", "AWS_SECRET_ACCESS_KEY", "AZURE_STORAGE_ACCESS_KEY")
+
+
 def _missing(backend: str, pkg: str, exc: ImportError) -> ImportError:
-    return ImportError(
+    return TrackerNotInstalled(
         f"tracking.backends includes {backend!r} but {pkg} cannot be imported ({exc}); install it: "
         + _INSTALL.format(pkg=pkg)
     )
@@ -171,13 +188,70 @@ class MlflowTracker:
 BACKENDS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}
 
 
+def _masked(text: str) -> str:
+    for var in CREDENTIAL_VARS:
+        value = os.environ.get(var)
+        if value and len(value) >= 4:
+            text = text.replace(value, f"<{var}>")
+    return text
+
+
+def _drop(run_dir: Path, name: str, when: str, step: int | None, exc: BaseException) -> None:
+    """One warning on stderr and one `trackers_dropped` entry in state.json for a failed tracker."""
+    error = _masked(f"{type(exc).__name__}: {exc}")
+    at = f" at step {step}" if step is not None else ""
+    print(f"WARNING tracker {name} dropped ({when}{at} failed: {error.splitlines()[0][:500] if error else ''}); "
+          f"the run goes on, {Path(run_dir) / 'metrics.jsonl'} keeps every value", file=sys.stderr, flush=True)
+    dropped = list(read_state(run_dir).get("trackers_dropped", []))
+    dropped.append({"tracker": name, "when": when, "step": step, "error": error[:2000], "time": time.time()})
+    write_state(run_dir, trackers_dropped=dropped)
+
+
+class GuardedTracker:
+    """A tracker whose failures drop it (see the module docstring) instead of stopping the run."""
+
+    def __init__(self, inner: Tracker, run_dir: Path):
+        self.inner, self.name, self.run_dir = inner, inner.name, Path(run_dir)
+        self.dropped = False
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if self.dropped:
+            return
+        try:
+            self.inner.log(step, values)
+        except Exception as exc:  # noqa: BLE001 - any client error; reported and recorded by _drop
+            self.dropped = True
+            _drop(self.run_dir, self.name, "log", step, exc)
+            try:
+                self.inner.close("failed")
+            except Exception:  # noqa: BLE001 - already dropped and reported; its close may fail too
+                pass
+
+    def close(self, status: str) -> None:
+        if self.dropped:
+            return
+        try:
+            self.inner.close(status)
+        except Exception as exc:  # noqa: BLE001
+            self.dropped = True
+            _drop(self.run_dir, self.name, "close", None, exc)
+
+
 def open_trackers(cfg: Config, run_dir: Path, start_step: int = 0) -> list[Tracker]:
-    """One tracker per `tracking.backends` entry. A missing package raises ImportError naming
-    what to install; trackers opened before the failure are closed first."""
+    """One guarded tracker per `tracking.backends` entry that starts; one that fails to start is
+    dropped (warning + state.json). A missing package raises TrackerNotInstalled (an ImportError)
+    naming what to install; trackers opened before it are closed first."""
     opened: list[Tracker] = []
     try:
         for backend in cfg.tracking.backends:
-            opened.append(BACKENDS[backend](cfg, Path(run_dir), start_step=start_step))
+            try:
+                tracker = BACKENDS[backend](cfg, Path(run_dir), start_step=start_step)
+            except TrackerNotInstalled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any client error at start: dropped, recorded
+                _drop(Path(run_dir), backend, "start", start_step, exc)
+                continue
+            opened.append(GuardedTracker(tracker, Path(run_dir)))
     except BaseException:
         for t in opened:
             t.close("failed")
