@@ -250,3 +250,34 @@ def test_bad_per_prompt_row_names_file_and_line(tmp_path):
     (d / "per_prompt.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"per_prompt.jsonl: line 3: metrics.distinct_1 must be a finite number"):
         report(d)
+
+
+def test_html_embeds_the_stylesheet_and_escapes_every_text(tmp_path):
+    from importlib import resources
+
+    d = make_eval_dir(tmp_path, n_prompts=6)
+    prompts = list(io.read_jsonl(d / "prompts.jsonl"))
+    for p in prompts:
+        p["prompt"] = "<script>alert('x')</script> & " + p["prompt"]
+    io.atomic_write_jsonl(d / "prompts.jsonl", prompts)
+    rows = list(io.read_jsonl(d / "samples.jsonl"))
+    for r in rows:
+        r["text"] = "<b>bold</b> " + r["text"]
+    io.atomic_write_jsonl(d / "samples.jsonl", rows)
+    report(d)
+    page = (d / "report.html").read_text()
+    css = (resources.files("polychromic.report") / "templates" / "report.css").read_text()
+    style = re.search(r"<style>(.*?)</style>", page, flags=re.S)
+    assert style is not None and style.group(1).strip() == css.strip()
+    assert "<script" not in page and "<b>bold" not in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; " in page
+    assert "&lt;b&gt;bold&lt;/b&gt; " in page
+
+
+def test_html_templates_fail_on_an_unknown_name():
+    import jinja2
+
+    from polychromic.report.html import environment
+
+    with pytest.raises(jinja2.UndefinedError, match="no_such_field"):
+        environment().from_string("{{ res['no_such_field'] }}").render(res={})
