@@ -5,6 +5,7 @@ local port) and no planted environment secret lands in any file of the run direc
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 from pathlib import Path
@@ -197,3 +198,116 @@ def test_missing_package_names_what_to_install(tmp_path, monkeypatch, backend, m
     cfg = config_from_dict({"tracking": {"backends": [backend]}})
     with pytest.raises(ImportError, match=f"tracking.backends includes '{backend}'.*{package}"):
         open_trackers(cfg, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# A failing tracker is dropped, never the run: one warning naming it and the error, metrics.jsonl
+# goes on, state.json records the drop (fault: a fake tracker raising at start, on a log call,
+# at close; and a real MLflow client pointed at a closed port).
+
+
+class FailingTracker:
+    """Stands in for a tracker client; raises where told, and records what reached it."""
+
+    fail_at: dict = {}
+    logged: list = []
+
+    def __init__(self, cfg, run_dir, start_step=0):
+        self.name = FailingTracker.fail_at["name"]
+        if FailingTracker.fail_at.get("when") == "start":
+            raise ConnectionError(f"tracking server unreachable (token {SECRETS['WANDB_API_KEY']})")
+
+    def log(self, step, values):
+        if FailingTracker.fail_at.get("when") == "log" and step >= FailingTracker.fail_at["step"]:
+            raise TimeoutError(f"log call timed out at step {step}")
+        FailingTracker.logged.append(step)
+
+    def close(self, status):
+        if FailingTracker.fail_at.get("when") == "close":
+            raise RuntimeError("finish failed: HTTP 503")
+
+
+@pytest.mark.parametrize("backend", ["wandb", "mlflow", "tensorboard"])
+@pytest.mark.parametrize("when,step,error", [("start", 0, "ConnectionError: tracking server unreachable"),
+                                              ("log", 2, "TimeoutError: log call timed out at step 2"),
+                                              ("close", None, "RuntimeError: finish failed: HTTP 503")])
+def test_failing_tracker_is_dropped_with_one_warning(tmp_path, monkeypatch, capsys, backend, when, step, error):
+    from polychromic.training import trackers
+
+    monkeypatch.setenv("WANDB_API_KEY", SECRETS["WANDB_API_KEY"])
+    monkeypatch.setattr(FailingTracker, "fail_at", {"name": backend, "when": when, "step": step})
+    monkeypatch.setattr(FailingTracker, "logged", [])
+    monkeypatch.setitem(trackers.BACKENDS, backend, FailingTracker)
+    cfg = config_from_dict({"experiment": "drop", "runs_dir": str(tmp_path / "runs"), "tracking": {"backends": [backend]}})
+    run_dir = tmp_path / "runs" / "drop" / "seed_42"
+    mon = Monitor(run_dir, cfg, total_steps=4)
+    for s in (1, 2, 3, 4):
+        mon.log(s, {"train/quality_loss": 1.0 / s})
+    mon.close("done")
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # the run's own record is complete
+    assert FailingTracker.logged == {"start": [], "log": [1], "close": [1, 2, 3, 4]}[when]  # nothing after the drop
+    state = read_state(run_dir)
+    assert state["status"] == "done"
+    (dropped,) = state["trackers_dropped"]
+    assert (dropped["tracker"], dropped["when"], dropped["step"]) == (backend, when, step)
+    assert dropped["error"].startswith(error)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING tracker")]
+    assert len(warnings) == 1 and f"tracker {backend} dropped ({when}" in warnings[0] and error in warnings[0]
+    # the credential that the client put into its error message is masked everywhere
+    assert SECRETS["WANDB_API_KEY"] not in warnings[0] + json.dumps(state)
+    if when == "start":
+        assert "<WANDB_API_KEY>" in dropped["error"]
+
+
+def test_unreachable_mlflow_server_is_dropped_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _isolated_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = config_from_dict({"experiment": "down", "runs_dir": str(tmp_path / "runs"),
+                            "tracking": {"backends": ["mlflow", "tensorboard"], "mlflow_tracking_uri": f"http://127.0.0.1:{port}"}})
+    run_dir = tmp_path / "runs" / "down" / "seed_42"
+    mon = Monitor(run_dir, cfg, total_steps=2)
+    mon.log(1, {"train/quality_loss": 2.0})
+    mon.log(2, {"train/quality_loss": 1.0})
+    mon.close("done")
+    (dropped,) = read_state(run_dir)["trackers_dropped"]
+    assert dropped["tracker"] == "mlflow" and dropped["when"] == "start" and f"127.0.0.1:{port}" in dropped["error"]
+    assert sum(line.startswith("WARNING tracker mlflow dropped") for line in capsys.readouterr().err.splitlines()) == 1
+    assert [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    ea = EventAccumulator(str(run_dir / "tensorboard"))
+    ea.Reload()
+    assert [(e.step, e.value) for e in ea.Scalars("train/quality_loss")] == [(1, 2.0), (2, 1.0)]
+
+
+def test_training_finishes_when_its_tracker_fails(tmp_path, tiny_model_dir, monkeypatch):
+    import yaml
+
+    from helpers import write_prepared
+    from polychromic.config import load_config
+    from polychromic.training import trackers
+    from polychromic.training.loop import train
+
+    monkeypatch.setattr(FailingTracker, "fail_at", {"name": "wandb", "when": "log", "step": 2})
+    monkeypatch.setattr(FailingTracker, "logged", [])
+    monkeypatch.setitem(trackers.BACKENDS, "wandb", FailingTracker)
+    data = {"experiment": "trk_fail", "runs_dir": str(tmp_path / "runs"),
+            "model": {"path": str(tiny_model_dir), "dtype": "float32"},
+            "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+            "data": {"prepared_dir": str(write_prepared(tmp_path / "prepared")), "max_length": 64},
+            "trainer": {"max_steps": 3, "batch_size": 2, "grad_accum": 1, "save_every": 3, "device": "cpu"},
+            "tracking": {"backends": ["wandb"]}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    run = train(load_config(tmp_path / "c.yaml"))
+    state = read_state(run)
+    assert state["status"] == "done" and (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert [d["step"] for d in state["trackers_dropped"]] == [2] and FailingTracker.logged == [1]
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

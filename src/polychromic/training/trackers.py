@@ -198,10 +198,13 @@ def _masked(text: str) -> str:
 
 def _drop(run_dir: Path, name: str, when: str, step: int | None, exc: BaseException) -> None:
     """One warning on stderr and one `trackers_dropped` entry in state.json for a failed tracker."""
+    from tqdm.auto import tqdm
+
     error = _masked(f"{type(exc).__name__}: {exc}")
     at = f" at step {step}" if step is not None else ""
-    print(f"WARNING tracker {name} dropped ({when}{at} failed: {error.splitlines()[0][:500] if error else ''}); "
-          f"the run goes on, {Path(run_dir) / 'metrics.jsonl'} keeps every value", file=sys.stderr, flush=True)
+    # tqdm.write: on its own line even while the monitor's progress bar is drawn on stderr.
+    tqdm.write(f"WARNING tracker {name} dropped ({when}{at} failed: {error.splitlines()[0][:500]}); "
+               f"the run goes on, {Path(run_dir) / 'metrics.jsonl'} keeps every value", file=sys.stderr)
     dropped = list(read_state(run_dir).get("trackers_dropped", []))
     dropped.append({"tracker": name, "when": when, "step": step, "error": error[:2000], "time": time.time()})
     write_state(run_dir, trackers_dropped=dropped)
