@@ -47,7 +47,8 @@ def main() -> None:
     import torch
 
     from polychromic.config import load_config
-    from polychromic.evaluation.run import reference_nll, select_prompts
+    from polychromic.evaluation.nll import reference_nll
+    from polychromic.evaluation.run import select_prompts
     from polychromic.models import load_adapter, load_base_model, load_tokenizer, pick_device
 
     cfg = load_config(ROOT / a.config, a.overrides)

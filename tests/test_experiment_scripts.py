@@ -79,7 +79,7 @@ def test_flattened_logits_change_reference_nll_only_when_t_is_not_1(tiny_model_d
     import torch
 
     from polychromic.config import load_config as load
-    from polychromic.evaluation.run import reference_nll
+    from polychromic.evaluation.nll import reference_nll
     from polychromic.models import load_base_model, load_tokenizer
 
     Flattened = _script("nll_vs_logit_temperature").Flattened

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 
 from polychromic import io
-from polychromic.evaluation.run import score
 from polychromic.evaluation.cache import (
     SamplesError,
     group_units,
-    import_samples,
     read_prompts,
     read_samples,
     repair,
     sample_row,
     unit_complete,
 )
+from polychromic.evaluation.importers import import_samples
+from polychromic.evaluation.scoring import score
 
 
 def toy_embedder(texts):
