@@ -11,10 +11,15 @@ rollouts on steps 1, 3, 5, 7:
                           checkpoint, leaving a half-written file in the temporary folder
 Each resumes from step 3, with 0, 1 and 3 logged steps to drop and redo.
 
-One uninterrupted reference run is shared by the three cases (module fixture)."""
+One uninterrupted reference run is shared by the three cases (module fixture), and by the
+full-disk cases below: ENOSPC while writing a checkpoint or the final adapter, then resume, gives
+the same adapter. Also here: ENOSPC in io's atomic writes and appends, and non-finite losses,
+gradients and weights (skipped, stopped, never saved)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import signal
@@ -29,6 +34,7 @@ from safetensors.torch import load_file
 
 from helpers import resume_config
 
+from polychromic import io
 from polychromic.config import load_config
 from polychromic.rundir import latest_checkpoint, read_state
 from polychromic.training.loop import train
@@ -155,3 +161,285 @@ def test_sigkill_then_resume_is_bit_identical(point, tmp_path, tiny_model_dir, r
     assert len(json.loads((run / "env.json").read_text())["resumes"]) == 1
     # the half-written temporary folder was replaced; the kept checkpoints are complete ones
     assert {p.name for p in (run / "checkpoints").iterdir()} == {f"step-{2 * SAVE_EVERY}", f"step-{STEPS}"}
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk (ENOSPC). `full_disk` makes os.write fail the way a filling disk does (a short
+# write, then ENOSPC) for files under one folder; torch.save and PEFT's save_pretrained (which do
+# not write through os.write) are made to write part of their file and raise ENOSPC.
+
+
+def _enospc(path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+@contextlib.contextmanager
+def full_disk(under: Path, room: int = 0, at_fsync: bool = False):
+    """Files under `under` get `room` more bytes, then ENOSPC (or ENOSPC at fsync, as with
+    delayed allocation)."""
+    real_write, real_fsync, left = os.write, os.fsync, [room]
+
+    def target(fd: int) -> bool:
+        try:
+            return Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(under)
+        except OSError:
+            return False
+
+    def write(fd, data):
+        if at_fsync or not target(fd):
+            return real_write(fd, data)
+        if left[0] <= 0:
+            raise _enospc(under)
+        n = real_write(fd, bytes(data[: left[0]]))
+        left[0] -= n
+        return n
+
+    def fsync(fd):
+        if at_fsync and target(fd):
+            raise _enospc(under)
+        return real_fsync(fd)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "write", write)
+        mp.setattr(os, "fsync", fsync)
+        yield
+
+
+@pytest.mark.parametrize("at_fsync", [False, True], ids=["short_write", "at_fsync"])
+@pytest.mark.parametrize("existing", [True, False], ids=["over_previous", "new_file"])
+def test_full_disk_atomic_write_keeps_the_previous_file(tmp_path, existing, at_fsync):
+    target = tmp_path / "results" / "models.json"
+    target.parent.mkdir()
+    if existing:
+        io.atomic_write_json(target, {"version": 1, "rows": [1, 2, 3]})
+    before = target.read_bytes() if existing else None
+    new = {"version": 2, "rows": list(range(500))}
+    with full_disk(target.parent, room=100, at_fsync=at_fsync), pytest.raises(io.DiskFullError) as e:
+        io.atomic_write_json(target, new)
+    need = len((io.dumps(new, indent=2) + "\n").encode())
+    msg = str(e.value)
+    assert msg.startswith(f"{target}: no space left on the device: the write needs about {io.format_bytes(need)}, ")
+    assert " free; " in msg and ("the previous version is unchanged" if existing else "nothing was written") in msg
+    assert e.value.errno == errno.ENOSPC
+    assert [p.name for p in target.parent.iterdir()] == (["models.json"] if existing else [])  # no temporary file left
+    if existing:
+        assert target.read_bytes() == before and json.loads(before)["version"] == 1
+    io.atomic_write_json(target, new)  # space again: the same call succeeds
+    assert json.loads(target.read_text()) == new
+
+
+@pytest.mark.parametrize("at_fsync", [False, True], ids=["short_write", "at_fsync"])
+def test_full_disk_append_cuts_the_partial_rows_off(tmp_path, at_fsync):
+    path = tmp_path / "eval" / "samples.jsonl"
+    io.append_jsonl(path, [{"i": 0, "text": "a"}, {"i": 1, "text": "b"}])
+    before = path.read_bytes()
+    rows = [{"i": i, "text": "x" * 40} for i in range(2, 5)]
+    with full_disk(path.parent, room=70, at_fsync=at_fsync), pytest.raises(io.DiskFullError) as e:
+        io.append_jsonl(path, rows)  # 70 bytes: one row and a half written before the disk is full
+    assert str(e.value).startswith(f"{path}: no space left on the device: the write needs about ")
+    assert f"the file is unchanged ({len(before)} bytes, whole rows only)" in str(e.value)
+    assert path.read_bytes() == before
+    assert [r["i"] for r in io.read_jsonl(path)] == [0, 1]  # no torn line to repair
+    io.append_jsonl(path, rows)
+    assert [r["i"] for r in io.read_jsonl(path)] == [0, 1, 2, 3, 4]
+
+
+def _half_then_enospc(real_save, wanted):
+    """torch.save that writes half of the file `wanted(path)` selects, then raises ENOSPC."""
+
+    def save(obj, f, *args, **kwargs):
+        p = Path(f)
+        if not wanted(p):
+            return real_save(obj, f, *args, **kwargs)
+        real_save(obj, f, *args, **kwargs)
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+        raise _enospc(p)
+
+    return save
+
+
+def _assert_loadable(ckpt: Path) -> None:
+    assert (ckpt / "COMPLETE").is_file()
+    assert load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
+    for name in ("optimizer.pt", "scheduler.pt", "rng_rank0.pt"):
+        torch.load(ckpt / name, weights_only=False)
+
+
+def test_full_disk_during_a_checkpoint_then_resume(tmp_path, tiny_model_dir, reference, monkeypatch):
+    cfg = load_config(config_file(tmp_path, tiny_model_dir, "enospc"))
+    run = cfg.run_dir
+    tmp_name = f".step-{2 * SAVE_EVERY}.tmp"
+    monkeypatch.setattr(torch, "save", _half_then_enospc(torch.save, lambda p: p.name == "optimizer.pt" and p.parent.name == tmp_name))
+    with pytest.raises(io.DiskFullError) as e:
+        train(cfg)
+    msg = str(e.value)
+    first = run / "checkpoints" / f"step-{SAVE_EVERY}"
+    assert msg.startswith(f"{run / 'checkpoints' / f'step-{2 * SAVE_EVERY}'}: no space left on the device: the write needs about ")
+    # the space needed is the size of the previous checkpoint, which this one would equal
+    assert io.format_bytes(sum(p.stat().st_size for p in first.rglob("*") if p.is_file())) in msg
+    assert f"the previous checkpoint {first} is complete and kept; free space and rerun with --resume" in msg
+    state = read_state(run)
+    assert state["status"] == "failed" and "DiskFullError" in state["error"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step-{SAVE_EVERY}"]  # the partial folder is gone
+    _assert_loadable(first)
+    assert not (run / "adapter").exists()
+
+    monkeypatch.undo()  # space again
+    assert train(cfg, resume=True) == run
+    ref_adapter, _ = reference
+    a = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == ref_adapter.keys() and all(torch.equal(a[k], ref_adapter[k]) for k in a)
+
+
+def test_full_disk_writing_the_adapter_then_resume(tmp_path, tiny_model_dir, reference, monkeypatch):
+    from peft import PeftModel
+
+    cfg = load_config(config_file(tmp_path, tiny_model_dir, "enospc_adapter"))
+    run = cfg.run_dir
+    real = PeftModel.save_pretrained
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        real(self, save_directory, *args, **kwargs)
+        if Path(save_directory).name == ".adapter.tmp":
+            w = Path(save_directory) / "adapter_model.safetensors"
+            w.write_bytes(w.read_bytes()[:100])
+            raise _enospc(w)
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", save_pretrained)
+    with pytest.raises(io.DiskFullError, match=f"{run / 'adapter'}: no space left on the device: .* no adapter/ was written; "
+                                               f"the previous checkpoint .*step-{STEPS} is complete and kept"):
+        train(cfg)
+    assert not (run / "adapter").exists() and not (run / ".adapter.tmp").exists()
+    _assert_loadable(run / "checkpoints" / f"step-{STEPS}")
+    monkeypatch.undo()
+    train(cfg, resume=True)
+    ref_adapter, _ = reference
+    a = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == ref_adapter.keys() and all(torch.equal(a[k], ref_adapter[k]) for k in a)
+    assert read_state(run)["status"] == "done"
+
+
+# ---------------------------------------------------------------------------------------------
+# A non-finite loss or gradient, injected into the cross-entropy of one optimizer step of a small
+# SFT run (one micro-batch a step, a checkpoint after every step):
+#   loss  the step's loss is NaN (and so is every gradient)
+#   grad  the loss is finite but its gradient is NaN (a NaN in the backward pass only)
+
+
+class _NanGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("nan")
+
+
+def sft_config(root: Path, model_dir: Path, name: str, steps: int = 4, **trainer) -> Path:
+    import yaml
+
+    from helpers import write_prepared
+
+    data = {"experiment": "nonfinite", "runs_dir": str(root / name), "model": {"path": str(model_dir), "dtype": "float32"},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            "data": {"prepared_dir": str(write_prepared(root / "prepared")), "max_length": 64},
+            "trainer": {"max_steps": steps, "batch_size": 2, "grad_accum": 1, "lr": 1e-3, "warmup_ratio": 0.0,
+                        "save_every": 1, "keep_checkpoints": 10, "device": "cpu", **trainer}}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def inject_nonfinite(monkeypatch, kind: str, at_step: int) -> None:
+    from polychromic.training import loop
+
+    real, calls = loop.ce_loss, [0]
+
+    def ce_loss(model, batch, denom):
+        calls[0] += 1  # one micro-batch per step: call n is step n
+        loss, ce = real(model, batch, denom)
+        if calls[0] != at_step:
+            return loss, ce
+        if kind == "loss":
+            return loss * float("nan"), ce * float("nan")
+        return _NanGrad.apply(loss), ce
+
+    monkeypatch.setattr(loop, "ce_loss", ce_loss)
+
+
+def _ckpt(run: Path, step: int) -> tuple[dict, dict]:
+    d = run / "checkpoints" / f"step-{step}"
+    return load_file(str(d / "adapter" / "adapter_model.safetensors")), torch.load(d / "optimizer.pt", weights_only=False)["state"]
+
+
+def _rows(run: Path, name: str = "metrics.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (run / name).read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_nonfinite_step_is_skipped_with_optimizer_state_untouched(tmp_path, tiny_model_dir, monkeypatch, kind):
+    inject_nonfinite(monkeypatch, kind, at_step=3)
+    run = train(load_config(sft_config(tmp_path, tiny_model_dir, "skip", on_nonfinite="skip", log_every=2)))
+    assert read_state(run)["status"] == "done"
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == [2, 3, 4]  # a non-finite step is logged even off the log_every grid
+    bad = rows[1]
+    assert bad["train/nonfinite_step"] == 1.0 and bad["train/grad_norm"] == "nan"
+    assert (bad["train/quality_loss"] == "nan") == (kind == "loss")
+    assert "train/nonfinite_step" not in rows[0] and "train/nonfinite_step" not in rows[2]
+    alerts = [a for a in _rows(run, "alerts.jsonl") if a["name"] == "nonfinite_step"]
+    assert [a["step"] for a in alerts] == [3] and "optimizer step was skipped" in alerts[0]["message"]
+    # step 3 changed nothing: weights, AdamW moments and its step count are those of step 2
+    (w2, o2), (w3, o3), (w4, o4) = _ckpt(run, 2), _ckpt(run, 3), _ckpt(run, 4)
+    assert all(torch.equal(w2[k], w3[k]) for k in w2)
+    assert o2.keys() == o3.keys() and all(torch.equal(o2[i][k], o3[i][k]) for i in o2 for k in o2[i])
+    assert int(o3[0]["step"]) == 2 and int(o4[0]["step"]) == 3
+    assert any(not torch.equal(w3[k], w4[k]) for k in w3)  # and training went on after it
+    final = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert all(bool(torch.isfinite(t).all()) for t in final.values())
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_nonfinite_step_stops_with_the_last_good_checkpoint(tmp_path, tiny_model_dir, monkeypatch, kind):
+    from polychromic.training.guards import NonFiniteError
+
+    clean = train(load_config(sft_config(tmp_path, tiny_model_dir, "clean")))
+    cfg = load_config(sft_config(tmp_path, tiny_model_dir, "stop", on_nonfinite="stop"))
+    run = cfg.run_dir
+    with monkeypatch.context() as mp:
+        inject_nonfinite(mp, kind, at_step=3)
+        with pytest.raises(NonFiniteError, match=r"step 3: .*(cross-entropy = nan|gradient norm = nan).*trainer.on_nonfinite=stop"
+                                                 r".*last good checkpoint is .*step-2"):
+            train(cfg)
+    state = read_state(run)
+    assert state["status"] == "failed" and state["error"].startswith("NonFiniteError: step 3")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-1", "step-2"] and not (run / "adapter").exists()
+    assert _rows(run)[-1]["step"] == 3 and _rows(run)[-1]["train/nonfinite_step"] == 1.0
+    assert "stops" in [a for a in _rows(run, "alerts.jsonl") if a["name"] == "nonfinite_step"][0]["message"]
+    train(cfg, resume=True)  # the fault was transient: resuming from step 2 gives the clean run's adapter
+    a, b = (load_file(str(r / "adapter" / "adapter_model.safetensors")) for r in (run, clean))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nonfinite_weights_are_never_saved(tmp_path, tiny_model_dir, monkeypatch):
+    """Finite loss and gradient, but the optimizer writes a NaN into a weight (the guard of last
+    resort): the checkpoint is refused, the previous one is the last on disk."""
+    from polychromic.training.guards import NonFiniteError
+
+    real_step, calls = torch.optim.AdamW.step, [0]
+
+    def step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 2:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    cfg = load_config(sft_config(tmp_path, tiny_model_dir, "nan_weights"))
+    with pytest.raises(NonFiniteError, match=r"not writing checkpoint step-2: non-finite values in 1 parameter\(s\), e.g. \['.*lora_A"):
+        train(cfg)
+    assert sorted(p.name for p in (cfg.run_dir / "checkpoints").iterdir()) == ["step-1"]
+    assert not (cfg.run_dir / "adapter").exists() and read_state(cfg.run_dir)["status"] == "failed"
