@@ -96,6 +96,55 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_experiment_plan(args) -> int:
+    from polychromic.experiment.plan import format_plan, make_plan, plan_rows, plan_status
+    from polychromic.experiment.spec import load_spec
+
+    plan = make_plan(load_spec(args.spec, args.overrides))
+    if args.json:
+        from polychromic.io import dumps
+
+        status = plan_status(plan)
+        rows = [{**r, "status": status[f"train {r['model']}" if r["stage"] == "train" else f"evaluate {r['model']} T{r['temperature']:g}"]}
+                for r in plan_rows(plan)]
+        print(dumps(rows, indent=1))
+    else:
+        print(format_plan(plan, plan_status(plan)))
+    return 0
+
+
+def cmd_experiment_run(args) -> int:
+    from polychromic.experiment.runner import ExperimentError, run
+    from polychromic.experiment.spec import load_spec
+
+    try:
+        paths = run(load_spec(args.spec, args.overrides), parallel=args.parallel, retries=args.retries)
+    except ExperimentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_experiment_report(args) -> int:
+    from polychromic.experiment.report import load_any, report
+
+    for path in report(load_any(args.spec, args.overrides)):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_experiment_list(args) -> int:
+    from polychromic import resources
+
+    for name, path in resources.shipped("experiments").items():
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+        note = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        print(f"{name:24s} {note}" if note else name)
+    return 0
+
+
 def cmd_preflight(args) -> int:
     from polychromic.training.preflight import preflight
 
@@ -182,6 +231,25 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--workdir", default="quickstart")
     qs.add_argument("--fast", action="store_true", help="smallest sizes (for tests)")
     qs.set_defaults(func=cmd_quickstart)
+
+    ex = sub.add_parser("experiment", help="a whole experiment from a spec: train every arm x seed, evaluate, judge the targets")
+    esub = ex.add_subparsers(dest="experiment_command", required=True)
+
+    def with_spec(name: str, func, help: str) -> argparse.ArgumentParser:
+        sp = esub.add_parser(name, help=help)
+        sp.add_argument("spec", help="experiment spec (YAML, may `extends:` another) or a shipped spec's name"
+                        + (", or an experiment folder" if name == "report" else ""))
+        sp.add_argument("overrides", nargs="*", help="key.sub=value overrides of the spec")
+        sp.set_defaults(func=func)
+        return sp
+
+    ep = with_spec("plan", cmd_experiment_plan, "print every training run and evaluation, with what `run` would do")
+    ep.add_argument("--json", action="store_true", help="one JSON object per row (arm, role, seed, run_dir, ...)")
+    er = with_spec("run", cmd_experiment_run, "train, evaluate and report; a rerun skips what is done")
+    er.add_argument("--parallel", type=int, default=None, help="trainings at a time (default: the spec's `parallel`)")
+    er.add_argument("--retries", type=int, default=1, help="resume a failed training this many times")
+    with_spec("report", cmd_experiment_report, "write results.json, report.md, report.html from the experiment's files")
+    esub.add_parser("list", help="the shipped experiment specs").set_defaults(func=cmd_experiment_list)
 
     pf = with_config("preflight", cmd_preflight, "check model, data, GPU, disk, trackers; estimate time and cost")
     pf.add_argument("--measure", action="store_true", help="time a short warm-up instead of using benchmark numbers")

@@ -43,6 +43,11 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     trust_remote_code: bool = False
+    init_adapter: Optional[str] = None
+    """A PEFT LoRA adapter folder (an SFT run's `adapter/`) merged into the base weights at load,
+    before the fresh LoRA is attached: stage 2 of two-stage training. The model with its LoRA
+    disabled is then that adapter's policy, which is what the KL anchor compares with. Its base
+    must be this model.path (checked)."""
 
 
 @dataclass
@@ -121,21 +126,36 @@ class ObjectiveConfig:
     """F(S): mean q * d(S) (default), d(S) alone, or max q (pass@k objective)."""
     estimator: Literal["set", "pointwise"] = "set"
     """set: leave-one-out set advantages (unbiased); pointwise: DARLING-style surrogate."""
-    quality: Literal["guard_x_relevance", "guard_x_relevance_gate", "guard_x_relevance_ramp", "guard", "relevance", "constant"] = (
-        "guard_x_relevance")
+    quality: Literal["guard_x_relevance", "guard_x_relevance_gate", "guard_x_relevance_ramp", "relevance_x_soft_guard", "guard",
+                     "relevance", "constant"] = "guard_x_relevance"
     """q in [0, 1]: non-degeneracy guard x embedding relevance of reply to prompt (default);
     guard_x_relevance_gate: guard x 1[relevance >= relevance_threshold] (relevance as a
     constraint rather than a reward, so the set term cannot turn into a relevance optimiser);
     guard_x_relevance_ramp: guard x min(1, relevance / relevance_threshold) (relevance paid for
-    up to the threshold, not beyond)."""
+    up to the threshold, not beyond); relevance_x_soft_guard: relevance x (1 - guard_penalty x
+    [guard fails]), 0 for a reply without a word (a failed guard costs a fraction of q, not all)."""
     relevance_threshold: float = 0.3
     """tau of guard_x_relevance_gate and guard_x_relevance_ramp."""
+    guard_penalty: float = 0.5
+    """p of relevance_x_soft_guard: the fraction of q a reply failing the guard loses."""
     min_reply_words: int = 2
     """Guard: replies with fewer words score 0."""
     max_repeat_fraction: float = 0.5
     """Guard: replies whose most frequent word 3-gram covers more than this fraction score 0."""
+    set_diversity: Literal["mean_distance", "vendi", "classes"] = "mean_distance"
+    """d(S): mean pairwise distance; vendi = Vendi score (order 1, K = 1 - distance) / n; classes
+    = equivalence classes (distance <= class_threshold, connected components) / n. The last two
+    count duplicates: n copies of one reply give 1/n."""
+    class_threshold: float = 0.2
+    """Two samples are equivalent (one class) when their distance is <= this."""
     kl_beta: float = 0.0
-    """beta * KL(policy || base with adapter disabled), k3 estimator per token."""
+    """beta of the KL anchor to the model with its LoRA disabled (the base, or the SFT policy
+    when model.init_adapter is set)."""
+    kl_estimator: Literal["k3", "k2"] = "k3"
+    """Per-token estimator: k3 = exp(r) - r - 1 (its gradient is that of KL(ref || policy),
+    mass-covering) or k2 = r^2 / 2 (gradient of KL(policy || ref)); r = logp_ref - logp."""
+    ce_weight: float = 1.0
+    """Weight of the SFT cross-entropy; stage 2 sets it to 0 or small (0 skips its backward)."""
 
 
 @dataclass
@@ -305,6 +325,14 @@ def _invariants(c: Config, failed: Collection[str] = ()) -> list[str]:
     need(o.compute_diversity_every_n_steps >= 1, "objective.compute_diversity_every_n_steps: must be >= 1")
     need(o.max_subsets >= 1, "objective.max_subsets: must be >= 1")
     need(o.kl_beta >= 0, "objective.kl_beta: must be >= 0")
+    need(o.ce_weight >= 0, "objective.ce_weight: must be >= 0")
+    need(o.ce_weight > 0 or o.name == "polychromic", f"objective.ce_weight: must be > 0 for objective {o.name} (it trains the CE alone)")
+    need(0.0 <= o.guard_penalty <= 1.0, "objective.guard_penalty: must be in [0, 1]")
+    need(0.0 <= o.class_threshold <= 1.0, "objective.class_threshold: must be in [0, 1]")
+    need(not (o.estimator == "pointwise" and o.set_diversity == "vendi"),
+         "objective.set_diversity: vendi has no pointwise form; use estimator: set (or set_diversity mean_distance or classes)")
+    need(not (c.model.init_adapter and c.model.load_in_4bit),
+         "model.init_adapter: cannot be merged into 4-bit weights (re-quantizing changes the SFT policy); set model.load_in_4bit=false")
     need(o.min_reply_words >= 0, "objective.min_reply_words: must be >= 0")
     need(0.0 <= o.relevance_threshold <= 1.0, "objective.relevance_threshold: must be in [0, 1]")
     need(o.quality != "guard_x_relevance_ramp" or o.relevance_threshold > 0.0,

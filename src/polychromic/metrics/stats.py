@@ -365,22 +365,24 @@ def model_role(name: str) -> Optional[str]:
     return None
 
 
-def decision_tree(gains: Mapping[str, Optional[float]]) -> dict:
+def decision_tree(gains: Mapping[str, Optional[float]], roles: Optional[Mapping[str, Optional[str]]] = None) -> dict:
     """The prior tree on relative gains (fractions) of the non-baseline models: an aggressive
     variant > 25% -> main track; else a moderate variant > 15% -> workshop; else either > 8% ->
-    preprint; else negative result. Roles come from the names (`model_role`); with no model named
-    aggressive or moderate the tree does not apply ('no verdict'). `success` is the prior
-    criterion: some model > 15% better. Gains of None (undefined) are ignored and listed."""
+    preprint; else negative result. Roles are declared (`roles`: model -> 'aggressive' /
+    'moderate' / other or None), else they come from the names (`model_role`); with no aggressive
+    or moderate model the tree does not apply ('no verdict'). `success` is the prior criterion:
+    some model > 15% better. Gains of None (undefined) are ignored and listed."""
     def fmt(g: float) -> str:
         return f"{100 * g:+.1f}%"
 
+    declared = dict(roles) if roles is not None else {}
+    role_of = {m: declared[m] if m in declared else model_role(m) for m in gains}
     defined = {m: g for m, g in gains.items() if g is not None}
     undefined = sorted(m for m, g in gains.items() if g is None)
-    roles = {m: model_role(m) for m in defined}
-    aggressive = {m: g for m, g in defined.items() if roles[m] == "aggressive"}
-    moderate = {m: g for m, g in defined.items() if roles[m] == "moderate"}
+    aggressive = {m: g for m, g in defined.items() if role_of[m] == "aggressive"}
+    moderate = {m: g for m, g in defined.items() if role_of[m] == "moderate"}
     best = max(defined.items(), key=lambda kv: kv[1]) if defined else None
-    out: dict = {"gains": dict(gains), "roles": {m: model_role(m) for m in gains}, "undefined": undefined,
+    out: dict = {"gains": dict(gains), "roles": role_of, "undefined": undefined,
                  "success": bool(best is not None and best[1] > WORKSHOP_GAIN)}
 
     def verdict(v: str, reason: str) -> dict:

@@ -32,6 +32,8 @@ import torch
 from polychromic.config import Config
 from polychromic.data import collate, encode_example, load_split, render_prompt
 from polychromic.models import attach_lora, load_base_model, load_embedder, load_tokenizer, pick_device
+from polychromic.models import stack_adapters
+from polychromic.rundir import ADAPTER_DIR
 from polychromic.training.checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from polychromic.training.guards import NonFiniteError, nonfinite_step
 from polychromic.training.monitor import Monitor
@@ -40,6 +42,9 @@ from polychromic.training.objectives.sft import ce_loss, count_targets
 from polychromic.training.rollout import generate_rollouts, rollout_seed
 from polychromic.rewards import needs_embedder
 from polychromic.rundir import init_run_dir, is_finished, latest_checkpoint, write_state
+
+STACKED_ADAPTER_DIR = "adapter_stacked"
+"""Stage-2 runs (model.init_adapter): both stages as one LoRA adapter on the original base."""
 
 # trainer.lr_scheduler -> transformers.get_scheduler name (all with linear warmup).
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -69,6 +74,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         raise
     objective = OBJECTIVES[cfg.objective.name]
     total, every, lam = s.total_steps, cfg.objective.compute_diversity_every_n_steps, cfg.objective.diversity_weight
+    ce_w = cfg.objective.ce_weight
     ckpt = latest_checkpoint(run_dir) if resume else None
     start = load_checkpoint(ckpt, s, acc) if ckpt is not None else 0
     with Monitor(run_dir, cfg, total, start, is_main=acc.is_main_process) as monitor:
@@ -78,8 +84,11 @@ def train(cfg: Config, resume: bool = False) -> Path:
             n_tgt = _sum(acc, [sum(count_targets(b) for b in micro)])[0]
             ce_sum = 0.0
             for batch in micro:  # gradients are averaged over processes, so each divides by its share
-                loss, ce = ce_loss(s.model, batch, n_tgt / acc.num_processes)
-                acc.backward(loss)
+                # ce_weight 0 (stage 2 without CE): the CE is still measured, but not differentiated.
+                with torch.set_grad_enabled(ce_w > 0):
+                    loss, ce = ce_loss(s.model, batch, n_tgt / acc.num_processes)
+                if ce_w > 0:
+                    acc.backward(ce_w * loss)
                 ce_sum += float(ce)
             g_ce = _take_grads(s.params, acc)  # each term's global gradient, measured on its own
             norms = {"train/grad_norm_ce": _norm(g_ce)}
@@ -104,7 +113,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
             logs = {
                 "train/quality_loss": quality_loss,
                 "train/combined_loss": quality_loss - lam * rl.get("train/diversity_score", 0.0),
-                "train/loss": quality_loss + rl.get("train/rollout_term", 0.0),
+                "train/loss": ce_w * quality_loss + rl.get("train/rollout_term", 0.0),
                 "train/grad_norm": grad_norm,
                 **norms,
                 **rl,
@@ -122,6 +131,12 @@ def train(cfg: Config, resume: bool = False) -> Path:
             if (step + 1) % cfg.trainer.save_every == 0 or step + 1 == total:
                 save_checkpoint(run_dir, step + 1, s, acc, cfg)
         save_adapter(run_dir, s, acc)
+        if cfg.model.init_adapter:
+            # Stage 2: the fresh LoRA only makes sense on the merged base; the stacked adapter
+            # holds both stages and loads on the plain base (what `evaluate` does).
+            if acc.is_main_process:
+                stack_adapters(cfg.model.init_adapter, run_dir / ADAPTER_DIR, run_dir / STACKED_ADAPTER_DIR)
+            acc.wait_for_everyone()
         monitor.close("done")
     return run_dir
 
@@ -158,6 +173,8 @@ class _Setup:
 
         # Same seed on every process: identical LoRA initialisation everywhere.
         set_seed(cfg.seed)
+        # With model.init_adapter the SFT adapter is merged into these weights (models.py): the
+        # fresh LoRA below is then the only trainable part, and disable_adapter() is the SFT policy.
         base = load_base_model(cfg.model, self.device)
         self.model = attach_lora(base, cfg.lora, cfg.model.gradient_checkpointing)
         self.model.train()

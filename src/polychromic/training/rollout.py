@@ -16,7 +16,7 @@ positions' logits (logits_to_keep), not the prompt's: that is most of the memory
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 
 from polychromic.config import RolloutConfig
 from polychromic.generation import SamplingParams, sample, warn_if_off_policy
+from polychromic.generation.params import eos_ids
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Rollouts:
     seed: int
     seconds: float
     """Wall time of the generate call(s)."""
+    eos_ids: list[int] = field(default_factory=list)
+    """The end-of-turn ids the sampler stopped on (and blocked for the first min_new_tokens)."""
 
     @property
     def m(self) -> int:
@@ -93,6 +96,7 @@ def generate_rollouts(model, tokenizer, prompt_texts: Sequence[str], prompt_ids:
         params=params,
         seed=seed,
         seconds=seconds,
+        eos_ids=eos_ids(model, tokenizer),
     )
 
 
@@ -132,10 +136,16 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
     }
 
 
-def token_logprobs(model, batch: dict, temperature: float) -> torch.Tensor:
+def token_logprobs(model, batch: dict, temperature: float, min_new_tokens: int = 0, eos: Sequence[int] = ()) -> torch.Tensor:
     """(B, C) log pi(y_t | x, y_<t) of each completion token, logits divided by the sampling
     temperature (the policy the samples came from); zero where completion_mask is 0.
-    Differentiable unless called under no_grad."""
+    Differentiable unless called under no_grad.
+
+    With min_new_tokens > 0 the sampler set the EOS logits to -inf at completion positions
+    t < min_new_tokens (transformers' MinNewTokensLengthLogitsProcessor; generation/fast.py does
+    the same), so the policy that drew the samples renormalised over the other tokens there: pass
+    the same `min_new_tokens` and `eos` ids and the same block is applied here, keeping the
+    score-function gradient on-policy."""
     c = batch["completion_ids"].shape[1]
     # The logit at position W - 1 + t predicts completion token t: keep the last C + 1 positions
     # and drop the very last (it predicts past the sequence).
@@ -147,5 +157,16 @@ def token_logprobs(model, batch: dict, temperature: float) -> torch.Tensor:
         use_cache=False,
     )
     logits = out.logits[:, :-1, :].float() / temperature
+    blocked = min(int(min_new_tokens), c)
+    if blocked > 0 and len(eos):
+        eos_t = torch.as_tensor(list(eos), device=logits.device)
+        early = torch.isin(batch["completion_ids"][:, :blocked], eos_t) & (batch["completion_mask"][:, :blocked] > 0)
+        if bool(early.any()):
+            raise ValueError(f"token_logprobs: a completion holds an EOS id before min_new_tokens={min_new_tokens}; "
+                             "the sampler that blocked EOS there cannot have drawn it")
+        block = torch.zeros(c, logits.shape[-1], dtype=torch.bool, device=logits.device)
+        block[:blocked, eos_t] = True
+        logits = logits.masked_fill(block, float("-inf"))
     logp = torch.log_softmax(logits, dim=-1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
-    return logp * batch["completion_mask"]
+    # where, not a product: a padded position may hold a blocked id (log-prob -inf; -inf * 0 is NaN).
+    return torch.where(batch["completion_mask"] > 0, logp, torch.zeros_like(logp))

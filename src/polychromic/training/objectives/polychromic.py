@@ -1,10 +1,11 @@
 """The polychromic objective: CE + lambda * set-level score-function term + beta * KL.
 
-Maths: ../shared/docs/objective.md (implemented exactly; notes in docs/objective.md). Per prompt,
-N completions y_1..y_N are sampled with no grad; each gets a quality q_i in [0, 1] and each pair
-a distance delta_ab in [0, 1]. For sets S of n samples, F(S) = mean_{i in S} q_i * d(S) with
-d(S) = mean_{a<b in S} delta_ab ("reward times diversity", Hamid et al., Polychromic Objectives
-for RL, ICLR 2026). The leave-one-out set advantage
+Maths: docs/objective.md. Per prompt, N completions y_1..y_N are sampled with no grad; each gets
+a quality q_i in [0, 1] and each pair a distance delta_ab in [0, 1]. For sets S of n samples,
+F(S) = mean_{i in S} q_i * d(S) with d(S) the set diversity of objective.set_diversity (default
+mean_{a<b in S} delta_ab; Vendi / n and classes / n in training/set_diversity.py) ("reward times
+diversity", Hamid et al., Polychromic Objectives for RL, arXiv 2509.25424). The leave-one-out set
+advantage
 
     A_i = (n / N) * (g_i - b_i),  g_i = mean F(S) over sets containing i,
                                   b_i = mean F(S) over sets drawn from the other N - 1 samples,
@@ -12,7 +13,9 @@ for RL, ICLR 2026). The leave-one-out set advantage
 makes sum_i A_i grad log pi(y_i | x) an unbiased estimate of grad E[F] (b_i does not depend on
 y_i). The loss is div_loss = -(1/M) sum_x sum_i A_i logp_i / L_norm with logp_i the completion's
 summed token log-prob (logits / T), L_norm = max_new_tokens a constant (a per-sample length
-would bias the gradient towards short or long replies).
+would bias the gradient towards short or long replies). The KL anchor beta * KL(policy, ref)
+uses the per-token k3 or k2 estimator (objective.kl_estimator) against the model with its LoRA
+disabled: the pre-SFT base, or the SFT policy when model.init_adapter was merged into the base.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from polychromic.config import Config, ObjectiveConfig
 from polychromic.training.objectives.terms import Terms
 from polychromic.rewards import distance_matrix, score_quality, words
 from polychromic.training.rollout import Rollouts, pack, token_logprobs
+from polychromic.training.set_diversity import class_labels
+from polychromic.training.set_diversity import set_diversity as set_diversity_of
 
 NEEDS_ROLLOUTS = True
 SET_REWARDS = ("quality_x_diversity", "diversity", "max_quality")
@@ -50,37 +55,56 @@ def _check(quality, distance) -> tuple[np.ndarray, np.ndarray]:
     return q, d
 
 
-def set_values(quality: np.ndarray, distance: np.ndarray, subsets: np.ndarray, set_reward: str = "quality_x_diversity") -> np.ndarray:
-    """F(S) for each row of `subsets` (K, n) of sample indices."""
+def set_parts(
+    quality: np.ndarray,
+    distance: np.ndarray,
+    subsets: np.ndarray,
+    set_reward: str = "quality_x_diversity",
+    set_diversity: str = "mean_distance",
+    class_threshold: float = 0.2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(a(S), d(S)) for each row of `subsets` (K, n), with F(S) = a(S) * d(S): a the quality part
+    (mean q for quality_x_diversity, max q for max_quality, 1 for diversity) and d the diversity
+    part (d(S) of objective.set_diversity; 1 for max_quality)."""
+    if set_reward not in SET_REWARDS:
+        raise ValueError(f"objective.set_reward: unknown {set_reward!r}; expected one of {SET_REWARDS}")
     qs = quality[subsets]
+    ones = np.ones(len(subsets))
     if set_reward == "max_quality":
-        return qs.max(axis=1)
-    ia, ib = np.triu_indices(subsets.shape[1], k=1)
-    ds = distance[subsets[:, ia], subsets[:, ib]].mean(axis=1)
-    if set_reward == "diversity":
-        return ds
-    if set_reward == "quality_x_diversity":
-        return qs.mean(axis=1) * ds
-    raise ValueError(f"objective.set_reward: unknown {set_reward!r}; expected one of {SET_REWARDS}")
+        return qs.max(axis=1), ones
+    ds = set_diversity_of(distance[subsets[:, :, None], subsets[:, None, :]], set_diversity, class_threshold)
+    return (qs.mean(axis=1) if set_reward == "quality_x_diversity" else ones), ds
 
 
-def set_advantages(
+def set_values(quality: np.ndarray, distance: np.ndarray, subsets: np.ndarray, set_reward: str = "quality_x_diversity",
+               set_diversity: str = "mean_distance", class_threshold: float = 0.2) -> np.ndarray:
+    """F(S) for each row of `subsets` (K, n) of sample indices."""
+    a, d = set_parts(quality, distance, subsets, set_reward, set_diversity, class_threshold)
+    return a * d
+
+
+def _loo(f: np.ndarray, member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(g, b) from F over enumerated subsets: g_i the mean over sets holding i, b_i over the others."""
+    return (f @ member) / member.sum(axis=0), (f @ ~member) / (~member).sum(axis=0)
+
+
+def set_advantage_parts(
     quality,
     distance,
     set_size: int,
     max_subsets: int = 256,
     rng: np.random.Generator | None = None,
     set_reward: str = "quality_x_diversity",
-) -> np.ndarray:
-    """Leave-one-out set advantages A_i = (n / N)(g_i - b_i), shape (N,).
+    set_diversity: str = "mean_distance",
+    class_threshold: float = 0.2,
+) -> dict[str, np.ndarray | float]:
+    """The leave-one-out set advantages and their decomposition, for one prompt's N samples.
 
-    quality: (N,) q_i; distance: (N, N) delta_ab (only a < b entries are read, through both
-    index orders; pass a symmetric matrix). All C(N, n) subsets are enumerated when there are at
-    most `max_subsets`; otherwise, for each i, `max_subsets` random orderings of the other N - 1
-    samples give g_i (i plus the first n - 1) and b_i (the first n), both unbiased; sharing the
-    ordering correlates them, which lowers the variance of g_i - b_i. `rng` drives that sampling
-    (None: fresh entropy). N == n returns zeros: no set avoids i, so there is no baseline, and
-    the only set's F is the same for every i.
+    Returns {"total": A (N,), "quality": A with d(S) fixed at its mean d_bar, "diversity": A with
+    the quality part a(S) fixed at its mean a_bar, "set_diversity": d_bar}; the means are over the
+    sets the estimator used (uniform over all n-subsets in both branches, see set_advantages).
+    Var(A_quality) and Var(A_diversity) say how much of the advantage signal the quality and the
+    diversity carry (they need not add up to Var(A): F = a d has an interaction term).
     """
     q, d = _check(quality, distance)
     big_n, n = q.shape[0], int(set_size)
@@ -91,48 +115,109 @@ def set_advantages(
         raise ValueError(f"set_size: must be in [{lowest}, N={big_n}] for set_reward={set_reward}, got {n}")
     if max_subsets < 1:
         raise ValueError(f"max_subsets: must be >= 1, got {max_subsets}")
+    spec = (set_reward, set_diversity, class_threshold)
     if n == big_n:
-        return np.zeros(big_n)
+        a, ds = set_parts(q, d, np.arange(big_n)[None, :], *spec)
+        zeros = np.zeros(big_n)
+        return {"total": zeros, "quality": zeros.copy(), "diversity": zeros.copy(), "set_diversity": float(ds[0])}
+    scale = n / big_n
     if math.comb(big_n, n) <= max_subsets:
         subsets = np.array(list(itertools.combinations(range(big_n), n)), dtype=np.int64)
-        f = set_values(q, d, subsets, set_reward)
+        a, ds = set_parts(q, d, subsets, *spec)
         member = np.zeros((len(subsets), big_n), dtype=bool)
         member[np.arange(len(subsets))[:, None], subsets] = True
-        g = (f @ member) / member.sum(axis=0)
-        b = (f @ ~member) / (~member).sum(axis=0)
-    else:
-        rng = rng if rng is not None else np.random.default_rng()
-        g = np.empty(big_n)
-        b = np.empty(big_n)
-        for i in range(big_n):
-            others = np.delete(np.arange(big_n), i)
-            order = others[np.argsort(rng.random((max_subsets, big_n - 1)), axis=1)]
-            with_i = np.concatenate([np.full((max_subsets, 1), i), order[:, : n - 1]], axis=1)
-            g[i] = set_values(q, d, with_i, set_reward).mean()
-            b[i] = set_values(q, d, order[:, :n], set_reward).mean()
-    return (n / big_n) * (g - b)
+        out = {}
+        for key, f in (("total", a * ds), ("quality", a * ds.mean()), ("diversity", a.mean() * ds)):
+            g, b = _loo(f, member)
+            out[key] = scale * (g - b)
+        return out | {"set_diversity": float(ds.mean())}
+    # For each i, `max_subsets` random orderings of the other N - 1 samples: g_i from i plus the
+    # first n - 1, b_i from the first n (both unbiased; sharing the ordering correlates them, which
+    # lowers the variance of g_i - b_i). Pooled over i, both kinds of draws are uniform over all
+    # n-subsets, so the pooled means a_bar, d_bar estimate the means over every set.
+    rng = rng if rng is not None else np.random.default_rng()
+    with_i = np.empty((big_n, max_subsets, n), dtype=np.int64)
+    without = np.empty((big_n, max_subsets, n), dtype=np.int64)
+    for i in range(big_n):
+        others = np.delete(np.arange(big_n), i)
+        order = others[np.argsort(rng.random((max_subsets, big_n - 1)), axis=1)]
+        with_i[i] = np.concatenate([np.full((max_subsets, 1), i), order[:, : n - 1]], axis=1)
+        without[i] = order[:, :n]
+    a, ds = set_parts(q, d, np.concatenate([with_i, without]).reshape(-1, n), *spec)
+    a, ds = a.reshape(2, big_n, max_subsets), ds.reshape(2, big_n, max_subsets)
+    out = {}
+    for key, f in (("total", a * ds), ("quality", a * ds.mean()), ("diversity", a.mean() * ds)):
+        out[key] = scale * (f[0].mean(axis=1) - f[1].mean(axis=1))
+    return out | {"set_diversity": float(ds.mean())}
 
 
-def pointwise_advantages(quality, distance, set_reward: str = "quality_x_diversity") -> np.ndarray:
-    """DARLING-style surrogate (cheaper, biased; an ablation): r_i = q_i * mean_{j != i} delta_ij
-    (the set_reward's pointwise analogue: mean distance alone for `diversity`, q_i for
-    `max_quality`), advantage r_i - mean_j r_j (group-mean baseline)."""
+def set_advantages(
+    quality,
+    distance,
+    set_size: int,
+    max_subsets: int = 256,
+    rng: np.random.Generator | None = None,
+    set_reward: str = "quality_x_diversity",
+    set_diversity: str = "mean_distance",
+    class_threshold: float = 0.2,
+) -> np.ndarray:
+    """Leave-one-out set advantages A_i = (n / N)(g_i - b_i), shape (N,).
+
+    quality: (N,) q_i; distance: (N, N) delta_ab (pass a symmetric matrix). All C(N, n) subsets
+    are enumerated when there are at most `max_subsets`; otherwise, for each i, `max_subsets`
+    random orderings of the other N - 1 samples give g_i (i plus the first n - 1) and b_i (the
+    first n), both unbiased. `rng` drives that sampling (None: fresh entropy). N == n returns
+    zeros: no set avoids i, so there is no baseline, and the only set's F is the same for every i.
+    """
+    return set_advantage_parts(quality, distance, set_size, max_subsets, rng, set_reward, set_diversity, class_threshold)["total"]
+
+
+def pointwise_parts(quality, distance, set_reward: str = "quality_x_diversity", set_diversity: str = "mean_distance",
+                    class_threshold: float = 0.2) -> dict[str, np.ndarray | float]:
+    """DARLING-style surrogate and its decomposition (as set_advantage_parts): r_i = q_i * s_i,
+    s_i the spread of sample i: its mean distance to the others (mean_distance) or the fraction
+    of the others outside its equivalence class (classes, DARLING's partition reward); the
+    set_reward's pointwise analogue (s_i alone for `diversity`, q_i for `max_quality`);
+    advantage r_i - mean_j r_j (group-mean baseline). Vendi has no per-sample analogue."""
     q, d = _check(quality, distance)
     big_n = q.shape[0]
     if big_n < 2:
         raise ValueError("pointwise advantages need N >= 2 samples")
-    spread = (d.sum(axis=1) - np.diag(d)) / (big_n - 1)
-    r = {"quality_x_diversity": q * spread, "diversity": spread, "max_quality": q}.get(set_reward)
-    if r is None:
+    if set_reward not in SET_REWARDS:
         raise ValueError(f"objective.set_reward: unknown {set_reward!r}; expected one of {SET_REWARDS}")
-    return r - r.mean()
+    if set_diversity == "mean_distance":
+        spread = (d.sum(axis=1) - np.diag(d)) / (big_n - 1)
+    elif set_diversity == "classes":
+        labels = class_labels(d, class_threshold)
+        spread = (labels[None, :] != labels[:, None]).sum(axis=1) / (big_n - 1)
+    else:
+        raise ValueError(f"objective.set_diversity={set_diversity!r} has no pointwise form; use estimator: set, "
+                         "or set_diversity mean_distance or classes")
+    ones = np.ones(big_n)
+    a, s = {"quality_x_diversity": (q, spread), "diversity": (ones, spread), "max_quality": (q, ones)}[set_reward]
+    out = {}
+    for key, r in (("total", a * s), ("quality", a * s.mean()), ("diversity", a.mean() * s)):
+        out[key] = r - r.mean()
+    return out | {"set_diversity": float(s.mean())}
+
+
+def pointwise_advantages(quality, distance, set_reward: str = "quality_x_diversity", set_diversity: str = "mean_distance",
+                         class_threshold: float = 0.2) -> np.ndarray:
+    """The pointwise surrogate's advantages r_i - mean_j r_j (pointwise_parts)."""
+    return pointwise_parts(quality, distance, set_reward, set_diversity, class_threshold)["total"]
+
+
+def advantage_parts(quality, distance, cfg: ObjectiveConfig, set_size: int, rng: np.random.Generator) -> dict[str, np.ndarray | float]:
+    """The configured estimator (objective.estimator) for one prompt's N samples, with its
+    quality / diversity decomposition (set_advantage_parts)."""
+    if cfg.estimator == "pointwise":
+        return pointwise_parts(quality, distance, cfg.set_reward, cfg.set_diversity, cfg.class_threshold)
+    return set_advantage_parts(quality, distance, set_size, cfg.max_subsets, rng, cfg.set_reward, cfg.set_diversity, cfg.class_threshold)
 
 
 def advantages(quality, distance, cfg: ObjectiveConfig, set_size: int, rng: np.random.Generator) -> np.ndarray:
-    """The configured estimator (objective.estimator) for one prompt's N samples."""
-    if cfg.estimator == "pointwise":
-        return pointwise_advantages(quality, distance, cfg.set_reward)
-    return set_advantages(quality, distance, set_size, cfg.max_subsets, rng, cfg.set_reward)
+    """The configured estimator's advantages for one prompt's N samples."""
+    return advantage_parts(quality, distance, cfg, set_size, rng)["total"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,10 +271,29 @@ def div_loss(logp: torch.Tensor, adv: torch.Tensor, l_norm: float, m: int) -> to
 
 
 def k3(logp_tok: torch.Tensor, ref_tok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(pi || ref): exp(r) - r - 1, r = logp_ref - logp (>= 0, unbiased
-    on samples from pi, Schulman 2020); zero where mask is 0."""
+    """Per-token k3 = exp(r) - r - 1, r = logp_ref - logp (Schulman 2020); zero where mask is 0.
+    Its VALUE is an unbiased, non-negative estimate of KL(pi || ref) on samples from pi, but its
+    GRADIENT, (1 - ref/pi) grad log pi in expectation, is the gradient of KL(ref || pi) (the
+    mass-covering direction; Tang & Munos, arXiv 2506.09477). docs/objective.md, "KL anchor"."""
     r = (ref_tok - logp_tok) * mask
     return (torch.exp(r) - r - 1.0) * mask
+
+
+def k2(logp_tok: torch.Tensor, ref_tok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token k2 = r^2 / 2, r = logp_ref - logp; zero where mask is 0. Its gradient on samples
+    from pi, (log pi - log ref) grad log pi, is in expectation the gradient of KL(pi || ref) (the
+    mode-seeking direction, the usual RLHF penalty; arXiv 2506.09477)."""
+    r = (ref_tok - logp_tok) * mask
+    return 0.5 * r * r * mask
+
+
+KL_ESTIMATORS = {"k3": k3, "k2": k2}
+
+
+def eos_blocked(ro: Rollouts) -> tuple[int, list[int]]:
+    """(min_new_tokens, EOS ids) the sampler blocked: the recomputed log-probs must block them too
+    (rollout.token_logprobs), else the score-function gradient is taken off-policy."""
+    return ro.params.min_new_tokens, list(ro.eos_ids)
 
 
 @contextmanager
@@ -213,9 +317,11 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     o = cfg.objective
     q, dist, logs = score_rollouts(ro, embedder, o)
     rng = np.random.default_rng(ro.seed)
-    adv = np.stack([advantages(q[i], dist[i], o, cfg.set_size, rng) for i in range(ro.m)])
-    lam, beta = o.diversity_weight, o.kl_beta
+    parts = [advantage_parts(q[i], dist[i], o, cfg.set_size, rng) for i in range(ro.m)]
+    adv = np.stack([p["total"] for p in parts])
+    lam, beta, kl_of = o.diversity_weight, o.kl_beta, KL_ESTIMATORS[o.kl_estimator]
     temp, l_norm = ro.params.temperature, float(ro.params.max_new_tokens)
+    min_new, eos = eos_blocked(ro)
     device = next(model.parameters()).device
     div_total, kl_total = 0.0, 0.0
     with dropout_off(model):
@@ -224,14 +330,14 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
                 continue  # every A_i is 0: the term's gradient is exactly 0, skip the forward
             # Pad id 0 is never attended to (attention_mask 0) and never scored (completion_mask 0).
             batch = pack([ro.prompt_ids[i]] * ro.n, ro.completion_ids[i], 0, device)
-            logp_tok = token_logprobs(model, batch, temp)
+            logp_tok = token_logprobs(model, batch, temp, min_new, eos)
             a = torch.as_tensor(adv[i], dtype=logp_tok.dtype, device=device)
             div = div_loss(logp_tok.sum(dim=1), a, l_norm, ro.m)
             loss = lam * div
             if beta > 0:
                 with torch.no_grad(), model.disable_adapter():
-                    ref_tok = token_logprobs(model, batch, temp)
-                kl = k3(logp_tok, ref_tok, batch["completion_mask"]).sum() / (ro.m * ro.n * l_norm)
+                    ref_tok = token_logprobs(model, batch, temp, min_new, eos)
+                kl = kl_of(logp_tok, ref_tok, batch["completion_mask"]).sum() / (ro.m * ro.n * l_norm)
                 loss = loss + beta * kl
                 kl_total += float(kl.detach())
             backward(loss)
@@ -240,6 +346,10 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
         {
             "train/advantage_mean": float(adv.mean()),
             "train/advantage_std": float(adv.std()),
+            # Over all M x N samples, like advantage_std (its square is Var(A)).
+            "train/adv_var_quality": float(np.stack([p["quality"] for p in parts]).var()),
+            "train/adv_var_diversity": float(np.stack([p["diversity"] for p in parts]).var()),
+            "train/set_diversity": float(np.mean([p["set_diversity"] for p in parts])),
             "train/div_loss": div_total,
             "train/kl": kl_total,
         }
