@@ -164,6 +164,17 @@ def test_stage2_trains_only_the_fresh_lora_against_the_sft_policy(sft_run, tiny_
     assert (_logits(stacked, ids) - _logits(sft_model, ids)).abs().max() > 1e-4
 
 
+def test_stage2_sft_control_continues_sft_from_the_merged_base(sft_run, tiny_model_dir):
+    # dialog/stage2_sft's shape: objective sft on the merged base (CE alone, no rollouts)
+    root, sft = sft_run
+    cfg = load_config(None, base_settings(root, tiny_model_dir, "stage2_sft") + [
+        f"model.init_adapter={sft / 'adapter'}", "objective.name=sft", "trainer.max_steps=1", "trainer.lr=1e-2"])
+    run = train(cfg)
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["train/grad_norm_ce"] > 0 and "train/kl" not in row
+    assert json.loads((run / STACKED_ADAPTER_DIR / "adapter_config.json").read_text())["r"] == 8
+
+
 def test_stack_adapters_with_different_modules_ranks_and_scalings(tiny_model_dir, tmp_path):
     mcfg = ModelConfig(path=str(tiny_model_dir), dtype="float32")
     tok = load_tokenizer(mcfg)
