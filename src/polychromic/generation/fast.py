@@ -1,7 +1,7 @@
 """Fast rollouts on a GPU: the same contract as `generation.sample`, near the memory-bandwidth floor.
 
 Plain `generate()` with an unmerged PEFT adapter spends ~76 ms per decode step on the Qwen3-8B
-shape (../shared/docs/gpu.md, issue 5): Python and kernel-launch overhead plus seven extra LoRA
+shape (docs/performance.md): Python and kernel-launch overhead plus seven extra LoRA
 matmuls per layer, while the step's real cost is reading the weights once (~5 ms at 3 TB/s).
 This module closes the gap:
 
@@ -29,6 +29,10 @@ rows (they all sit at the same position), so the KV cache is read once, never re
 Supported: model_type llama (SmolLM2), qwen2, qwen3 with full attention and a static RoPE, plain
 nn.Linear projections (no 4-bit), LoRA adapters (no DoRA or other variants) on the seven
 projections. `unsupported_reason(model)` says why a model is not.
+
+This module holds the engine (buckets, captured steps, chunking) and the public `sample`,
+`release`, `merged_weights`, `unsupported_reason`; the layer arithmetic and the sampler are
+fast_layers, the merged copy fast_weights, the support check fast_support.
 """
 
 from __future__ import annotations
@@ -38,19 +42,16 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from polychromic.generation import fast_support
+from polychromic.generation.fast_layers import Sampler, Shape, choose, decode_layer_fn, prefill_layer, rms
+from polychromic.generation.fast_support import STATIC_ROPE_TYPES, SUPPORTED_MODEL_TYPES  # noqa: F401 (public here)
+from polychromic.generation.fast_weights import Slot, base_model, fingerprint, watched_modules
 from polychromic.generation.params import Completion, SamplingParams, eos_ids, strip_completion
-
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
-STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-"""RoPE types whose frequencies do not depend on the sequence length (dynamic/longrope do)."""
-ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
 
 ROW_BUCKET = 8
 WIDTH_BUCKET = 32
@@ -82,61 +83,9 @@ decode, capture (compile + graph capture, first use of a bucket only), steps, ro
 # Which models the fast path serves
 
 
-def _base_model(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _lora_linear_cls():
-    from peft.tuners.lora import Linear as LoraLinear
-
-    return LoraLinear
-
-
 def unsupported_reason(model) -> str | None:
     """None when the fast path can generate for `model`; otherwise why not, in words."""
-    base = _base_model(model)
-    cfg = getattr(base, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES:
-        return f"model_type {getattr(cfg, 'model_type', None)!r} is not one of {SUPPORTED_MODEL_TYPES}"
-    if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
-        return "sliding-window attention layers"
-    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-    if rope_type not in STATIC_ROPE_TYPES:
-        return f"RoPE type {rope_type!r} depends on the sequence length"
-    inner = getattr(base, "model", None)
-    if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")) or not hasattr(base, "lm_head"):
-        return f"{type(base).__name__} does not have the embed_tokens/layers/norm/rotary_emb/lm_head layout"
-    if type(base.lm_head) is not torch.nn.Linear:
-        return f"lm_head is a {type(base.lm_head).__name__}, not a plain nn.Linear (adapter or quantized)"
-    LoraLinear = _lora_linear_cls()
-    lora_ok = set()
-    for layer in inner.layers:
-        for name, mod in _projections(layer):
-            lin = mod.base_layer if isinstance(mod, LoraLinear) else mod
-            if type(lin) is not torch.nn.Linear or not lin.weight.dtype.is_floating_point:
-                return f"{name} is a {type(lin).__name__} ({lin.weight.dtype}), not a plain floating-point nn.Linear"
-            if isinstance(mod, LoraLinear):
-                lora_ok.add(id(mod))
-                if mod.merged:
-                    return f"{name}: the adapter is merged into the base weights in place (unmerge it first)"
-                if mod.fan_in_fan_out or any(a in getattr(mod, "lora_variant", {}) for a in mod.active_adapters):
-                    return f"{name}: LoRA variant (DoRA or other) or fan_in_fan_out is not supported"
-                if any(getattr(mod, "lora_bias", {}).get(a, False) for a in mod.active_adapters):
-                    return f"{name}: LoRA bias is not supported"
-    for name, mod in base.named_modules():
-        # Any other peft layer (adapters on lm_head or embeddings, modules_to_save copies) changes
-        # the forward pass in ways the fused decode step would ignore.
-        if type(mod).__module__.startswith("peft.") and id(mod) not in lora_ok:
-            return f"{name}: {type(mod).__name__} is not a LoRA adapter on one of {ATTN_PROJ + MLP_PROJ}"
-    dev = base.lm_head.weight.device
-    if dev.type == "cuda" and not _ENGINES.get(model):
-        need = _copy_bytes(base)
-        free, _ = torch.cuda.mem_get_info(dev)
-        free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-        if need > 0.9 * free:
-            return f"not enough free GPU memory for the merged weight copy ({need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free)"
-    return None
+    return fast_support.unsupported_reason(model, copy_held=bool(_ENGINES.get(model)))
 
 
 def use_fast_path(model) -> bool:
@@ -151,218 +100,8 @@ def use_fast_path(model) -> bool:
     return True
 
 
-def _projections(layer):
-    return [(f"self_attn.{n}", getattr(layer.self_attn, n)) for n in ATTN_PROJ] + [(f"mlp.{n}", getattr(layer.mlp, n)) for n in MLP_PROJ]
-
-
-def _copy_bytes(base) -> int:
-    """Bytes of the merged weight copy: every projection, except single ones with no adapter
-    (o_proj, down_proj without LoRA are used in place)."""
-    LoraLinear = _lora_linear_cls()
-    total = 0
-    for layer in base.model.layers:
-        for name, mod in _projections(layer):
-            lin = mod.base_layer if isinstance(mod, LoraLinear) else mod
-            if name.endswith(("o_proj", "down_proj")) and not isinstance(mod, LoraLinear):
-                continue
-            total += lin.weight.numel() * lin.weight.element_size()
-    return total
-
-
-# ---------------------------------------------------------------------------------------------
-# The model's arithmetic, written out (the same operations, in the same dtypes, as transformers'
-# Llama/Qwen2/Qwen3 modules, so greedy decoding picks the same tokens)
-
-
-def _rms(x, w, eps: float):
-    dtype = x.dtype
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return w * h.to(dtype)
-
-
-def _rotate_half(x):
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _rope(x, cos, sin):
-    return x * cos + _rotate_half(x) * sin
-
-
-@dataclass(frozen=True)
-class _Shape:
-    n_heads: int
-    n_kv: int
-    head_dim: int
-    inter: int
-    eps: float
-    scaling: float
-
-
-def _qkv(h, shape: _Shape, ln1, wqkv, bqkv, qn, kn, cos, sin):
-    """Input norm, fused q/k/v projection, optional q/k norms (Qwen3), RoPE. -> (B, heads, T, D)."""
-    b, t, _ = h.shape
-    hd, nh, nkv = shape.head_dim, shape.n_heads, shape.n_kv
-    qkv = F.linear(_rms(h, ln1, shape.eps), wqkv, bqkv)
-    q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-    q, k, v = q.view(b, t, nh, hd), k.view(b, t, nkv, hd), v.view(b, t, nkv, hd)
-    if qn is not None:
-        q, k = _rms(q, qn, shape.eps), _rms(k, kn, shape.eps)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
-
-
-def _out_and_mlp(h, attn, shape: _Shape, act, wo, bo, ln2, wgu, bgu, wd, bd):
-    h = h + F.linear(attn, wo, bo)
-    gate, up = F.linear(_rms(h, ln2, shape.eps), wgu, bgu).split([shape.inter, shape.inter], dim=-1)
-    return h + F.linear(act(gate) * up, wd, bd)
-
-
-def _make_decode_layer(shape: _Shape, act):
-    """One decoder layer for one new token per row; writes its K/V at `slot` of the cache."""
-
-    def decode_layer(h, ln1, wqkv, bqkv, qn, kn, wo, bo, ln2, wgu, bgu, wd, bd, cos, sin, kc, vc, slot, mask):
-        b = h.shape[0]
-        q, k, v = _qkv(h, shape, ln1, wqkv, bqkv, qn, kn, cos, sin)
-        kc.index_copy_(2, slot, k)
-        vc.index_copy_(2, slot, v)
-        # The G query heads of one KV head go in as G query rows of that head: no repeat_kv copy.
-        group = shape.n_heads // shape.n_kv
-        o = F.scaled_dot_product_attention(q.reshape(b, shape.n_kv, group, shape.head_dim), kc, vc, attn_mask=mask, scale=shape.scaling)
-        return _out_and_mlp(h, o.reshape(b, 1, shape.n_heads * shape.head_dim), shape, act, wo, bo, ln2, wgu, bgu, wd, bd)
-
-    return decode_layer
-
-
-_LAYER_FNS: dict = {}
-
-
-def _decode_layer_fn(shape: _Shape, act, compile: bool):
-    """One decode-layer function per (shape, activation, compile), shared by engines: torch.compile
-    guards on the closure's objects, so a fresh closure per engine would recompile every time an
-    engine is rebuilt (after `release`, or for each model in the tests)."""
-    key = (shape, type(act), compile)
-    if key not in _LAYER_FNS:
-        fn = _make_decode_layer(shape, act)
-        _LAYER_FNS[key] = torch.compile(fn, fullgraph=True, dynamic=False) if compile else fn
-    return _LAYER_FNS[key]
-
-
-def _prefill_layer(h, shape: _Shape, act, lw, cos, sin, kc, vc, mask):
-    ln1, wqkv, bqkv, qn, kn, wo, bo, ln2, wgu, bgu, wd, bd = lw
-    b, t, _ = h.shape
-    q, k, v = _qkv(h, shape, ln1, wqkv, bqkv, qn, kn, cos, sin)
-    kc[:, :, :t].copy_(k)
-    vc[:, :, :t].copy_(v)
-    group = shape.n_heads // shape.n_kv
-    k = k[:, :, None].expand(b, shape.n_kv, group, t, shape.head_dim).reshape(b, shape.n_heads, t, shape.head_dim)
-    v = v[:, :, None].expand(b, shape.n_kv, group, t, shape.head_dim).reshape(b, shape.n_heads, t, shape.head_dim)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=shape.scaling)
-    return _out_and_mlp(h, o.transpose(1, 2).reshape(b, t, -1), shape, act, wo, bo, ln2, wgu, bgu, wd, bd)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling (transformers' logits processors and warpers, in their order, on one logits row each)
-
-
-@dataclass(frozen=True)
-class _Sampler:
-    greedy: bool
-    temperature: float
-    top_k: int
-    top_p: float
-    min_new: int
-    eos: tuple[int, ...]
-    pad: int
-
-    @classmethod
-    def from_params(cls, p: SamplingParams, eos: Sequence[int], pad: int) -> "_Sampler":
-        if p.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {p.max_new_tokens}")
-        if not p.greedy:
-            if not p.temperature > 0:
-                raise ValueError(f"temperature must be > 0 for sampling, got {p.temperature}")
-            if not 0 < p.top_p <= 1:
-                raise ValueError(f"top_p must be in (0, 1], got {p.top_p}")
-            if p.top_k < 0:
-                raise ValueError(f"top_k must be >= 0, got {p.top_k}")
-        return cls(p.greedy, float(p.temperature), int(p.top_k), float(p.top_p), int(p.min_new_tokens or 0), tuple(eos), int(pad))
-
-
-def _choose(logits, sp: _Sampler, t, eos_t):
-    """Next token per row from float32 logits (B, V); `t` is the (1,) count of tokens made so far."""
-    if sp.min_new > 0 and sp.eos:  # MinNewTokensLengthLogitsProcessor
-        blocked = torch.where(t < sp.min_new, float("-inf"), logits.index_select(1, eos_t))
-        logits = logits.index_copy(1, eos_t, blocked)
-    if sp.greedy:
-        return logits.argmax(-1)
-    if sp.temperature != 1.0:  # TemperatureLogitsWarper
-        logits = logits / sp.temperature
-    if sp.top_k > 0:  # TopKLogitsWarper
-        kth = logits.topk(min(sp.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if sp.top_p < 1.0:  # TopPLogitsWarper, min_tokens_to_keep=1
-        sorted_logits, order = torch.sort(logits, descending=False)
-        remove = sorted_logits.softmax(-1).cumsum(-1) <= (1 - sp.top_p)
-        remove[:, -1] = False
-        logits = logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
-    probs = logits.softmax(-1)
-    # argmax_i p_i / E_i with E_i ~ Exp(1) i.i.d. picks i with probability p_i (the minimum of
-    # E_i / p_i, independent exponentials of rates p_i). The clamp keeps 0/0 out if E is ever 0.
-    race = torch.empty_like(probs).exponential_().clamp_min_(torch.finfo(probs.dtype).tiny)
-    return (probs / race).argmax(-1)
-
-
 # ---------------------------------------------------------------------------------------------
 # The engine: merged weight copy, buckets of static buffers, captured decode steps
-
-
-class _Slot:
-    """One weight of the merged copy: the rows of `sources` stacked ([q;k;v], [gate;up], o, down)."""
-
-    def __init__(self, sources: list, device, dtype, alias_ok: bool):
-        LoraLinear = _lora_linear_cls()
-        self.sources = sources
-        lins = [m.base_layer if isinstance(m, LoraLinear) else m for m in sources]
-        self.alias = alias_ok and len(sources) == 1 and not isinstance(sources[0], LoraLinear)
-        if self.alias:  # no adapter on a single projection: read the model's weight in place
-            self.weight, self.bias = lins[0].weight, lins[0].bias
-            return
-        rows = sum(lin.out_features for lin in lins)
-        self.weight = torch.empty(rows, lins[0].in_features, device=device, dtype=dtype)
-        has_bias = [lin.bias is not None for lin in lins]
-        if any(has_bias) and not all(has_bias):
-            raise ValueError(f"fused projections disagree on bias: {[type(m).__name__ for m in sources]}")
-        self.bias = torch.empty(rows, device=device, dtype=dtype) if all(has_bias) else None
-
-    def merge(self) -> None:
-        if self.alias:
-            return
-        LoraLinear = _lora_linear_cls()
-        row = 0
-        for m in self.sources:
-            lin = m.base_layer if isinstance(m, LoraLinear) else m
-            w = lin.weight
-            dst = self.weight[row : row + w.shape[0]]
-            terms = []
-            if isinstance(m, LoraLinear) and not m.disable_adapters:
-                terms = [(m.lora_A[a].weight, m.lora_B[a].weight, m.scaling[a]) for a in m.active_adapters if a in m.lora_A]
-            if not terms:
-                dst.copy_(w)
-            # W + s * B @ A in one GEMM: the sum is accumulated in float32 and rounded once (peft's
-            # merge rounds B @ A to the weight dtype first). A float32 adapter is rounded to the
-            # weight dtype for the GEMM; its share of W' is small, so that error is far under
-            # W's own rounding.
-            for i, (a, b, s) in enumerate(terms):
-                a, b = a.to(w.dtype), b.to(w.dtype)
-                if i == 0:
-                    torch.addmm(w, b, a, alpha=s, out=dst)
-                else:
-                    dst.addmm_(b, a, alpha=s)
-            if self.bias is not None:
-                self.bias[row : row + w.shape[0]].copy_(lin.bias)
-            row += w.shape[0]
 
 
 class _Bucket:
@@ -406,13 +145,13 @@ class _Timer:
 
 class _Engine:
     def __init__(self, model, compile: bool, graphs: bool):
-        base = _base_model(model)
+        base = base_model(model)
         cfg, inner = base.config, base.model
-        self.modules = _watched_modules(base)
+        self.modules = watched_modules(base)
         emb = inner.embed_tokens.weight
         self.device, self.dtype = emb.device, emb.dtype
         attn0 = inner.layers[0].self_attn
-        self.shape = _Shape(
+        self.shape = Shape(
             n_heads=cfg.num_attention_heads,
             n_kv=cfg.num_key_value_heads,
             head_dim=attn0.head_dim,
@@ -425,7 +164,7 @@ class _Engine:
         self.rotary = inner.rotary_emb
         self.embed, self.final_norm = emb, inner.norm.weight
         self.lm_head_w, self.lm_head_b = base.lm_head.weight, base.lm_head.bias
-        self.slots: list[_Slot] = []
+        self.slots: list[Slot] = []
         self.layer_args = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
@@ -440,14 +179,14 @@ class _Engine:
                  layer.post_attention_layernorm.weight, gu.weight, gu.bias, down.weight, down.bias)
             )
         self.graphs = graphs and self.device.type == "cuda"
-        self.decode_layer = _decode_layer_fn(self.shape, self.act, compile)
+        self.decode_layer = decode_layer_fn(self.shape, self.act, compile)
         self.compiled = compile
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.buckets: OrderedDict = OrderedDict()
         self.eos_tensors: dict = {}
 
     def _slot(self, sources):
-        s = _Slot(sources, self.device, self.dtype, alias_ok=True)
+        s = Slot(sources, self.device, self.dtype, alias_ok=True)
         self.slots.append(s)
         return s
 
@@ -485,11 +224,11 @@ class _Engine:
         # and NaN in the cache poisons later steps through 0 * NaN). Its output is never used.
         mask = (mask | torch.eye(t, dtype=torch.bool, device=self.device)[None]).unsqueeze(1)
         for lw, (kc, vc) in zip(self.layer_args, b.layer_kv):
-            h = _prefill_layer(h, self.shape, self.act, lw, cos, sin, kc, vc, mask)
-        h = _rms(h[:, -1:], self.final_norm, self.shape.eps)
+            h = prefill_layer(h, self.shape, self.act, lw, cos, sin, kc, vc, mask)
+        h = rms(h[:, -1:], self.final_norm, self.shape.eps)
         return F.linear(h[:, -1], self.lm_head_w, self.lm_head_b).float()
 
-    def decode_step(self, b: _Bucket, sp: _Sampler) -> None:
+    def decode_step(self, b: _Bucket, sp: Sampler) -> None:
         """One token for every row, all on the device, reading and advancing the bucket's state
         (this is what gets captured)."""
         eos_t = self.eos_tensor(sp.eos)
@@ -498,8 +237,8 @@ class _Engine:
         mask = (b.valid & (b.arange <= b.slot)).view(b.rows, 1, 1, b.length)
         for lw, (kc, vc) in zip(self.layer_args, b.layer_kv):
             h = self.decode_layer(h, *lw, cos, sin, kc, vc, b.slot, mask)
-        h = _rms(h, self.final_norm, self.shape.eps)
-        nxt = _choose(F.linear(h[:, -1], self.lm_head_w, self.lm_head_b).float(), sp, b.t, eos_t)
+        h = rms(h, self.final_norm, self.shape.eps)
+        nxt = choose(F.linear(h[:, -1], self.lm_head_w, self.lm_head_b).float(), sp, b.t, eos_t)
         nxt = torch.where(b.finished, sp.pad, nxt)  # generate(): pad after EOS
         b.out.index_copy_(1, b.t, nxt.unsqueeze(1))
         if sp.eos:
@@ -509,7 +248,7 @@ class _Engine:
         b.slot.add_(1)
         b.t.add_(1)
 
-    def stepper(self, b: _Bucket, sp: _Sampler):
+    def stepper(self, b: _Bucket, sp: Sampler):
         """The function that makes one decode step: a graph replay, or the eager step."""
         if not self.graphs:
             return lambda: self.decode_step(b, sp)
@@ -520,7 +259,7 @@ class _Engine:
         b.graphs.move_to_end(sp)
         return b.graphs[sp].replay
 
-    def _capture(self, b: _Bucket, sp: _Sampler):
+    def _capture(self, b: _Bucket, sp: Sampler):
         # Warm-up and capture run on scratch state (reset by the caller afterwards) and must not
         # move the RNG: the same seed gives the same samples whether or not this call captured.
         rng = torch.cuda.get_rng_state(self.device)
@@ -542,7 +281,7 @@ class _Engine:
         torch.cuda.set_rng_state(rng, self.device)
         return graph
 
-    def run_chunk(self, chunk: list[list[int]], width: int, length: int, sp: _Sampler, max_new: int, stats: dict) -> list[list[int]]:
+    def run_chunk(self, chunk: list[list[int]], width: int, length: int, sp: Sampler, max_new: int, stats: dict) -> list[list[int]]:
         n = len(chunk)
         rows = _round_up(n, ROW_BUCKET)
         b = self.bucket(rows, length)
@@ -559,7 +298,7 @@ class _Engine:
         timer = _Timer(self.device)
         timer.mark()
         b.kv.zero_()
-        first = _choose(self.prefill(b, ids, attn), sp, torch.zeros(1, dtype=torch.long, device=self.device), self.eos_tensor(sp.eos))
+        first = choose(self.prefill(b, ids, attn), sp, torch.zeros(1, dtype=torch.long, device=self.device), self.eos_tensor(sp.eos))
         b.valid.zero_()
         b.valid[:, :width] = attn.bool()
         b.valid[:, width:] = True
@@ -588,32 +327,14 @@ class _Engine:
         return out
 
 
-def _watched_modules(base) -> tuple:
-    """The module objects the engine reads; a new object (a new adapter injected, a module
-    replaced) or a moved tensor means the engine must be rebuilt."""
-    inner = base.model
-    mods = [inner.embed_tokens, inner.norm, inner.rotary_emb, base.lm_head]
-    for layer in inner.layers:
-        mods += [layer.input_layernorm, layer.post_attention_layernorm] + [m for _, m in _projections(layer)]
-        if hasattr(layer.self_attn, "q_norm"):
-            mods += [layer.self_attn.q_norm, layer.self_attn.k_norm]
-    return tuple(mods)
-
-
-def _fingerprint(base) -> tuple:
-    mods = _watched_modules(base)
-    ptrs = tuple(t.data_ptr() for m in mods for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))
-    return tuple(id(m) for m in mods), ptrs
-
-
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _engine(model, compile: bool, graphs: bool) -> _Engine:
-    base = _base_model(model)
+    base = base_model(model)
     per_model = _ENGINES.setdefault(model, {})
     key = (compile, graphs)
-    fp = _fingerprint(base)
+    fp = fingerprint(base)
     cached = per_model.get(key)
     if cached is not None and cached[0] == fp:
         return cached[1]
@@ -684,12 +405,12 @@ def sample(
         raise ValueError(f"fast generation does not apply to this model: {reason}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError(f"prompt {next(i for i, p in enumerate(prompts) if len(p) == 0)} is empty")
-    base = _base_model(model)
+    base = base_model(model)
     on_cuda = base.lm_head.weight.device.type == "cuda"
     eng = _engine(model, compile=on_cuda if compile is None else compile, graphs=on_cuda if graphs is None else graphs)
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    sp = _Sampler.from_params(params, eos, pad)
+    sp = Sampler.from_params(params, eos, pad)
     flat = [list(p) for p in prompts for _ in range(n)]
     stats = {"merge_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0, "capture_s": 0.0, "steps": 0, "rows": len(flat)}
     if not flat:
@@ -729,7 +450,7 @@ def merged_weights(model) -> dict[str, torch.Tensor]:
     if not per_model:
         raise RuntimeError("no fast-generation engine for this model yet: call fastgen.sample first")
     eng = next(iter(per_model.values()))[1]
-    base = _base_model(model)
+    base = base_model(model)
     out: dict[str, torch.Tensor] = {}
     for i, layer in enumerate(base.model.layers):
         lw = eng.layer_args[i]
