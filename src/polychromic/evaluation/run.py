@@ -11,11 +11,16 @@ Two phases (docs/evaluation.md):
 2. `scoring.score(eval_dir)` reads only those files (no model, no GPU) and writes `scores.jsonl`,
    `per_prompt.jsonl` and `models.json`; it can be rerun at any time to recompute the metrics.
 
-Reproducibility: prompts are cut into fixed chunks of `eval.batch_size // k` prompts (from the
-full prompt list, whatever is already done), and each chunk's sampling seed is derived from
-(seed, model name, the chunk's prompt ids). A rerun, or a resumed run, therefore gives the same
-samples for the same chunk, and with one prompt per chunk the seed is exactly per (seed, model,
-prompt). Changing eval.batch_size changes the chunks and hence the samples drawn for new chunks.
+Reproducibility and common random numbers: prompts are cut into fixed chunks of
+`eval.batch_size // k` prompts (from the full prompt list, whatever is already done), and each
+chunk's sampling seed is derived from (seed, the chunk's prompt ids) alone: NOT from the model.
+Every model of the evaluation therefore samples each prompt's k replies from the same random
+stream, in the same batch layout, so the difference between two models is not blurred by
+sampling noise (common random numbers): two adapters that barely differ give (almost) the same
+samples, and a paired per-prompt difference measures the models, not the draws. A rerun, or a
+resumed run, gives the same samples for the same chunk. The cached rows record their seed, and a
+cache whose seeds are not those of this chunking (another eval.batch_size, or a cache made when
+the seed still included the model name) is refused: mixing them would break the pairing.
 """
 
 from __future__ import annotations
@@ -118,9 +123,21 @@ def sampling_params(cfg: Config, greedy: bool):
     return generation.SamplingParams(temperature=e.temperature, top_p=e.top_p, top_k=e.top_k, max_new_tokens=e.max_new_tokens, greedy=greedy)
 
 
-def chunk_seed(seed: int, model: str, prompt_ids: Sequence[str]) -> int:
-    blob = f"{seed}\x1f{model}\x1f" + "\x1f".join(prompt_ids)
+def chunk_seed(seed: int, prompt_ids: Sequence[str]) -> int:
+    """The sampling seed of a chunk of prompts: the same for every model (common random numbers)."""
+    blob = f"{seed}\x1fcrn\x1f" + "\x1f".join(prompt_ids)
     return int(hashlib.sha256(blob.encode("utf-8")).hexdigest()[:15], 16)
+
+
+def chunk_seeds(cfg: Config, prompts: list[dict]) -> dict[str, int]:
+    """{prompt_id: the seed of its chunk} under this config's chunking."""
+    size = max(1, cfg.eval.batch_size // cfg.eval.k)
+    out = {}
+    for chunk in _chunks(len(prompts), size):
+        ids = [prompts[i]["prompt_id"] for i in chunk]
+        seed = chunk_seed(cfg.seed, ids)
+        out.update(dict.fromkeys(ids, seed))
+    return out
 
 
 def _chunks(n: int, size: int) -> list[range]:
@@ -137,7 +154,7 @@ def _generate_chunk(model, tokenizer, cfg: Config, name: str, prompts: list[dict
     """Rows (k samples + greedy per prompt) for one chunk of prompts."""
     from polychromic import generation  # through the module attribute, so tests can count calls
 
-    seed = chunk_seed(cfg.seed, name, [p["prompt_id"] for p in prompts])
+    seed = chunk_seed(cfg.seed, [p["prompt_id"] for p in prompts])
     sp, gp = sampling_params(cfg, greedy=False), sampling_params(cfg, greedy=True)
     k = cfg.eval.k
     sampled = generation.sample(model, tokenizer, ids, k, sp, seed=seed, batch_size=cfg.eval.batch_size)
@@ -170,7 +187,7 @@ def _prepare_dir(cfg: Config, out: Path, prompts: list[dict]) -> None:
     io.atomic_write_json(out / ENV_FILE, env_info())
 
 
-def _check_decoding(rows: list[dict], cfg: Config, path: Path) -> None:
+def _check_decoding(rows: list[dict], cfg: Config, path: Path, seeds: dict[str, int]) -> None:
     want = {"sample": {**sampling_params(cfg, False).to_dict(), "k": cfg.eval.k},
             "greedy": {**sampling_params(cfg, True).to_dict(), "k": cfg.eval.k}}
     for r in rows:
@@ -178,6 +195,12 @@ def _check_decoding(rows: list[dict], cfg: Config, path: Path) -> None:
         if got != want[r["kind"]]:
             raise EvaluationError(f"{path}: model {r['model']} prompt {r['prompt_id']} was sampled with {got}, "
                                   f"the config asks for {want[r['kind']]}; use a new eval.output_dir")
+        if r["kind"] == "sample" and r["decoding"].get("seed") != seeds.get(r["prompt_id"]):
+            raise EvaluationError(
+                f"{path}: model {r['model']} prompt {r['prompt_id']} was sampled with seed {r['decoding'].get('seed')}, not "
+                f"{seeds.get(r['prompt_id'])}, the seed of its chunk under this config (the chunks are eval.batch_size // k "
+                "prompts, and the seed is the same for every model); new samples would not share the cached ones' random "
+                "numbers. Keep eval.batch_size, or use a new eval.output_dir")
 
 
 def _todo(cfg: Config, out: Path, prompts: list[dict]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
@@ -187,10 +210,14 @@ def _todo(cfg: Config, out: Path, prompts: list[dict]) -> tuple[dict[str, set[st
     units = group_units(read_samples(out)) if s_path.is_file() else {}
     complete = {u for u, rows in units.items() if unit_complete(rows)}
     dropped = repair(s_path, lambda r: (r["model"], r["prompt_id"]) in complete)
-    repair(n_path, lambda r: True)
+    # reference NLL rows without the tempered value at this temperature (an older cache) are
+    # recomputed: one forward pass per prompt, no sampling
+    stale = repair(n_path, lambda r: "ref_nll_tempered" in r and r.get("temperature") == float(cfg.eval.temperature))
     if dropped:
         print(f"{s_path}: dropped {dropped} row(s) of unfinished prompts; they are generated again")
-    _check_decoding([r for u in complete for r in units[u]], cfg, s_path)
+    if stale:
+        print(f"{n_path}: {stale} row(s) without the tempered reference NLL at T = {cfg.eval.temperature}; recomputed")
+    _check_decoding([r for u in complete for r in units[u]], cfg, s_path, chunk_seeds(cfg, prompts))
     have_nll = set(read_ref_nll(out))
     samples_todo = {m.name: {p["prompt_id"] for p in prompts if (m.name, p["prompt_id"]) not in complete} for m in cfg.eval.models}
     nll_todo = {m.name: {p["prompt_id"] for p in prompts if (m.name, p["prompt_id"]) not in have_nll} for m in cfg.eval.models}

@@ -1,8 +1,15 @@
 """Scoring, files in and files out: `score(eval_dir)` reads the evaluation's samples, prompts and
-reference NLL (no model, no GPU beyond the sentence embedder) and writes `scores.jsonl` (quality
+reference NLL (no model, no GPU beyond the sentence embedders) and writes `scores.jsonl` (quality
 parts per sample), `per_prompt.jsonl` (every per-prompt metric, with ROUGE-L of the greedy reply
-and the reference NLL) and `models.json` (per model: adapter, mean reference NLL, LoRA analysis,
-and the judge summary an earlier judging stored). It can be rerun at any time.
+and the reference NLL at T = 1 and at the sampling temperature), `models.json` (per model:
+adapter, mean reference NLLs, LoRA analysis, and the judge summary an earlier judging stored) and
+`scoring.json` (how the metrics were computed: which embedder, which quality function, the NLL
+temperature, and per metric whether the training reward optimised it, metrics.provenance). It
+can be rerun at any time.
+
+Two embedders: quality and relevance use objective.diversity_encoder_model, as the training
+reward computes them; the semantic diversity metrics use eval.embedder, which may be an encoder
+the training never saw (the same instance when the two names agree).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from polychromic.evaluation.cache import (
 SCORES_FILE = "scores.jsonl"
 PER_PROMPT_FILE = "per_prompt.jsonl"
 MODELS_FILE = "models.json"
+SCORING_FILE = "scoring.json"
 
 
 class _MemoEmbedder:
@@ -79,14 +87,27 @@ def _lora_entries(cfg: Config, out: Path) -> dict[str, dict | None]:
     return result
 
 
-def score(eval_dir: str | Path, embedder: Callable[[Sequence[str]], np.ndarray] | None = None) -> Path:
-    """Recompute scores.jsonl, per_prompt.jsonl and models.json from the evaluation's files alone.
+def _nll_temperature(ref: dict, model: str) -> float | None:
+    """The sampling temperature of the model's tempered reference NLL rows (None: no rows)."""
+    temps = {r.get("temperature") for (m, _), r in ref.items() if m == model}
+    if len(temps) > 1:
+        raise EvaluationError(f"ref_nll.jsonl: model {model} has tempered NLL rows at several temperatures {sorted(map(str, temps))}")
+    return temps.pop() if temps else None
 
-    `embedder` (texts -> L2-normalised embeddings) defaults to the configured
-    objective.diversity_encoder_model. Every (model, prompt) of the config must be complete.
+
+def score(eval_dir: str | Path, embedder: Callable[[Sequence[str]], np.ndarray] | None = None,
+          eval_embedder: Callable[[Sequence[str]], np.ndarray] | None = None) -> Path:
+    """Recompute scores.jsonl, per_prompt.jsonl, models.json and scoring.json from the
+    evaluation's files alone.
+
+    `embedder` (texts -> L2-normalised embeddings; quality and relevance) defaults to the
+    configured objective.diversity_encoder_model, `eval_embedder` (semantic diversity) to
+    eval.embedder, and is `embedder` itself when the two names agree. Every (model, prompt) of the
+    config must be complete.
     """
     from polychromic.metrics import per_prompt_metrics
-    from polychromic.rewards import relevance, score_parts
+    from polychromic.metrics.provenance import provenance
+    from polychromic.rewards import needs_embedder, relevance, score_parts
 
     out = Path(eval_dir)
     cfg = load_config(out / CONFIG_FILE)
@@ -103,6 +124,11 @@ def score(eval_dir: str | Path, embedder: Callable[[Sequence[str]], np.ndarray] 
 
         embedder = load_embedder(cfg.objective.diversity_encoder_model)
     embed = _MemoEmbedder(embedder)
+    if eval_embedder is None and cfg.eval.embedder != cfg.objective.diversity_encoder_model:
+        from polychromic.models import load_embedder
+
+        eval_embedder = load_embedder(cfg.eval.embedder)
+    eval_embed = embed if eval_embedder is None else _MemoEmbedder(eval_embedder)
 
     by_id = {p["prompt_id"]: p for p in prompts}
     rows = [r for n in names for p in prompts for r in sorted(units[(n, p["prompt_id"])], key=lambda r: (r["kind"] != "sample", r["index"]))]
@@ -125,7 +151,7 @@ def score(eval_dir: str | Path, embedder: Callable[[Sequence[str]], np.ndarray] 
             s_idx = [i for i in idx if rows[i]["kind"] == "sample"]
             s_texts = [texts[i] for i in s_idx]
             metrics, excluded = per_prompt_metrics(
-                s_texts, embed(s_texts), [float(parts["quality"][i]) for i in s_idx], [rows[i]["n_tokens"] for i in s_idx],
+                s_texts, eval_embed(s_texts), [float(parts["quality"][i]) for i in s_idx], [rows[i]["n_tokens"] for i in s_idx],
                 tau=cfg.eval.quality_threshold,
             )
             metrics["relevance"] = float(np.mean(rel[s_idx]))
@@ -137,19 +163,34 @@ def score(eval_dir: str | Path, embedder: Callable[[Sequence[str]], np.ndarray] 
             if why:
                 excluded["rouge_l"] = why
             nll = ref.get((n, p["prompt_id"]))
-            metrics["ref_nll"] = nll["ref_nll"] if nll else None
-            if metrics["ref_nll"] is None:
-                excluded["ref_nll"] = "reference NLL not computed (imported samples)" if nll is None else "reference has no tokens"
+            for key in ("ref_nll", "ref_nll_tempered"):
+                metrics[key] = nll.get(key) if nll else None
+                if metrics[key] is None:
+                    excluded[key] = ("reference NLL not computed (imported samples)" if nll is None else
+                                     "reference has no tokens" if key in nll else "not in ref_nll.jsonl (rerun evaluate)")
             per_prompt.append({"model": n, "prompt_id": p["prompt_id"], "k": len(s_idx), "metrics": metrics, "excluded": excluded})
     io.atomic_write_jsonl(out / PER_PROMPT_FILE, per_prompt)
 
     old = io.read_json_object(out / MODELS_FILE) if (out / MODELS_FILE).is_file() else {}
     lora = _lora_entries(cfg, out)
     models = {}
+    def mean_of(model: str, key: str) -> float | None:
+        vals = [r["metrics"][key] for r in per_prompt if r["model"] == model and r["metrics"][key] is not None]
+        return float(np.mean(vals)) if vals else None
+
     for m in cfg.eval.models:
-        vals = [r["metrics"]["ref_nll"] for r in per_prompt if r["model"] == m.name and r["metrics"]["ref_nll"] is not None]
-        models[m.name] = {"adapter": m.adapter, "ref_nll_mean": float(np.mean(vals)) if vals else None, "lora": lora[m.name]}
+        models[m.name] = {"adapter": m.adapter, "ref_nll_mean": mean_of(m.name, "ref_nll"),
+                          "ref_nll_tempered_mean": mean_of(m.name, "ref_nll_tempered"),
+                          "ref_nll_temperature": _nll_temperature(ref, m.name), "lora": lora[m.name]}
         if "judge" in (old.get(m.name) or {}):  # judge verdicts are not recomputed here (they cost calls)
             models[m.name]["judge"] = old[m.name]["judge"]
     io.atomic_write_json(out / MODELS_FILE, models)
+    o = cfg.objective
+    io.atomic_write_json(out / SCORING_FILE, {
+        **provenance(sorted({k for r in per_prompt for k in r["metrics"]}), cfg.eval.embedder,
+                     o.diversity_encoder_model if needs_embedder(o) else None, o.quality, train_distance=o.diversity_metric),
+        "quality_embedder": o.diversity_encoder_model,
+        "ref_nll_temperature": float(cfg.eval.temperature),
+        "note": "trained_on is relative to this config's objective (the reward the evaluated variants were trained with)",
+    })
     return out
