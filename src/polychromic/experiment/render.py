@@ -112,7 +112,7 @@ def _comparison_sections(spec: ExperimentSpec, res: dict) -> list[dict]:
                                                                  else "survives Holm")
                 table.append([m, held(marks, m), num(v["mean_b"]), num(v["mean_a"]), pct(v["gain"]), pct_ci(v["gain_ci"]),
                               pct(v["gain_mde"]), pct_ci(p["gain_ci"]), num(p.get("p_holm"), 3) if "p_holm" in p else "", note])
-                if m in spec.eval.primary_metrics or m in spec.eval.quality_metrics:
+                if m in (*spec.eval.primary_metrics, *spec.eval.quality_metrics, *spec.eval.matched_metrics):
                     seeds.append([m] + [pct(c["per_seed"][str(s)]["gain"]) if str(s) in c["per_seed"] else "n/a" for s in spec.seeds])
             view = "two-level" if spec.stats.verdict == "two_level" else "pooled"
             out.append({"title": f"{arm} vs {base} at T = {t}", "intro": f"Same decoding (T = {t}), {next(iter(rows.values()))['n_prompts'] if rows else 0} prompts, "
@@ -143,7 +143,8 @@ def _frontier_section(spec: ExperimentSpec, res: dict) -> Optional[dict]:
                                  f"{pct(y['relative_gain'])} {pct_ci(y.get('relative_ci'))}", tag, x["reading"]])
     curve = []
     temps = [f"{t:g}" for t in spec.baseline_temperatures]
-    metrics = [m for m in [*spec.eval.primary_metrics, *spec.eval.quality_metrics] if m in res["table_metrics"]]
+    metrics = [m for m in dict.fromkeys([*spec.eval.primary_metrics, *spec.eval.matched_metrics, *spec.eval.quality_metrics])
+               if m in res["table_metrics"]]
     for t in temps:
         means = res["means"][t][spec.baseline.name]
         curve.append([t] + [num(means[m]["mean"]) for m in metrics])
@@ -176,7 +177,8 @@ def view(spec: ExperimentSpec, res: dict) -> dict:
              f"seeds {e['seeds']}; {e['split']} split, {e['n_prompts']} prompts, k = {e['k']}; data split seed {e['split_seed']}",
              f"decoding: baseline at T = {', '.join(f'{t:g}' for t in e['temperatures'])}; every arm at T = "
              + ", ".join(f"{t:g}" for t in e["variant_temperatures"]),
-             f"primary diversity metrics {e['primary_metrics']}; quality metrics {e['quality_metrics']}"]
+             f"primary diversity metrics {e['primary_metrics']}; quality metrics {e['quality_metrics']}; "
+             f"temperature-matched on {e['matched_metrics']}"]
     sections = [_verdict_section(spec, res), _targets_section(res), _marks_section(res), *_comparison_sections(spec, res)]
     f = _frontier_section(spec, res)
     if f:
@@ -214,7 +216,7 @@ def frontier_figure(spec: ExperimentSpec, res: dict) -> Optional[bytes]:
 
     marks = res["held_out"]["marks"]
     divs = [d for d in spec.eval.primary_metrics if d in res["table_metrics"]][:3]
-    quals = [q for q in spec.eval.quality_metrics if q in res["table_metrics"]][:3]
+    quals = [q for q in spec.eval.matched_metrics if q in res["table_metrics"]][:3]
     if not divs or not quals:
         return None
     fig = Figure(figsize=(4.2 * len(quals), 3.6 * len(divs)))

@@ -57,6 +57,7 @@ def compute_all(spec: ExperimentSpec) -> dict:
         "arms": {a.name: {"role": a.role, "strength": a.strength} for a in spec.arms},
         "temperatures": spec.baseline_temperatures, "variant_temperatures": spec.eval.variant_temperatures,
         "primary_metrics": spec.eval.primary_metrics, "quality_metrics": spec.eval.quality_metrics,
+        "matched_metrics": spec.eval.matched_metrics,
         "n_prompts": len(data.evals[t0].prompts),
         "stats": {"view": spec.stats.verdict, "resamples": spec.stats.resamples, "level": spec.stats.level, "seed": spec.stats.seed},
     }

@@ -13,7 +13,7 @@ Per (arm, variant temperature, metric), three views of one comparison:
 `spec.stats.verdict` names the view the targets and the verdict read.
 
 Temperature-matched (`metrics.frontier.matched_gain_bootstrap`): for every quality metric X of
-eval.quality_metrics and every primary diversity metric D, the arm's D against the baseline's
+eval.matched_metrics and every primary diversity metric D, the arm's D against the baseline's
 D(T) curve at the arm's X (and its X at the arm's D), with two-level (or pooled) CIs.
 
 Gains are relative and signed so that positive is better (self_bleu and ref_nll: lower).
@@ -81,8 +81,9 @@ def load(spec: ExperimentSpec) -> ExperimentData:
 def table_metrics(spec: ExperimentSpec, available: list[str]) -> list[str]:
     """Primary, then quality, then the secondary metrics, those the evaluation has."""
     k = f"pass_at_{spec.eval.k}"
-    want = [*spec.eval.primary_metrics, *spec.eval.quality_metrics, k, *EXTRA_METRICS]
-    missing = [m for m in [*spec.eval.primary_metrics, *spec.eval.quality_metrics] if m not in available]
+    declared = [*spec.eval.primary_metrics, *spec.eval.quality_metrics, *spec.eval.matched_metrics]
+    want = [*declared, k, *EXTRA_METRICS]
+    missing = [m for m in dict.fromkeys(declared) if m not in available]
     if missing:
         raise ResultsError(f"declared metric(s) {missing} are not in the evaluation's per-prompt rows ({', '.join(available)})")
     return [m for m in dict.fromkeys(want) if m in available]
@@ -213,7 +214,7 @@ def compute(data: ExperimentData) -> dict:
     if len(sp.baseline_temperatures) >= 2:
         for a in sp.compared:
             out["frontier"][a.name] = {
-                f"{t:g}": {q: {d: frontier(data, a.name, t, q, d) for d in sp.eval.primary_metrics} for q in sp.eval.quality_metrics}
+                f"{t:g}": {q: {d: frontier(data, a.name, t, q, d) for d in sp.eval.primary_metrics} for q in sp.eval.matched_metrics}
                 for t in sp.eval.variant_temperatures}
     out["table_metrics"] = table_metrics(sp, data.metrics(sp.eval.variant_temperatures[0]))
     return out

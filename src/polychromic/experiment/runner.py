@@ -194,8 +194,22 @@ def train_all(plan: Plan, parallel: int, retries: int = 1) -> None:
 # Evaluation
 
 
+def evaluated(cfg: Config) -> bool:
+    """The folder holds this very evaluation, scored: the same config, and per_prompt.jsonl and
+    models.json cover every model and prompt (both are written after all samples exist)."""
+    out = Path(cfg.eval.output_dir)
+    paths = [out / n for n in (CONFIG_FILE, "prompts.jsonl", "per_prompt.jsonl", "models.json")]
+    if not all(p.is_file() for p in paths) or paths[0].read_text(encoding="utf-8") != to_yaml(cfg):
+        return False
+    prompts = {r["prompt_id"] for r in io.read_jsonl(paths[1])}
+    have = {(r["model"], r["prompt_id"]) for r in io.read_jsonl(paths[2])}
+    models = io.read_json_object(paths[3])
+    return all(m.name in models and all((m.name, p) in have for p in prompts) for m in cfg.eval.models)
+
+
 def evaluate_all(plan: Plan) -> list[Path]:
-    """One evaluation folder per temperature (cached: a rerun generates only what is missing)."""
+    """One evaluation folder per temperature (cached: a rerun generates only what is missing,
+    and a folder already scored for exactly this config is not even rescored)."""
     from polychromic.evaluation import run as evaluation
 
     out = []
@@ -204,6 +218,10 @@ def evaluate_all(plan: Plan) -> list[Path]:
         missing = [m.name for m in cfg.eval.models if not is_finished(Path(m.adapter).parent)]
         if missing:
             raise ExperimentError(f"evaluation at T = {t:g}: runs not finished: {missing}")
+        if evaluated(cfg):
+            _say(f"evaluate T = {t:g}: done ({cfg.eval.output_dir})")
+            out.append(Path(cfg.eval.output_dir))
+            continue
         _say(f"evaluate T = {t:g}: {len(cfg.eval.models)} model(s) -> {cfg.eval.output_dir}")
         out.append(evaluation.evaluate(cfg))
     return out

@@ -63,8 +63,11 @@ class EvalSpec:
     then the semantic metrics are marked trained-on."""
     primary_metrics: list[str] = field(default_factory=lambda: ["distinct_2", "self_bleu", "mean_pairwise_cosine_distance"])
     """Diversity metrics of the verdict, in order; the first held-out one drives the decision tree."""
-    quality_metrics: list[str] = field(default_factory=lambda: ["ref_nll", "rouge_l", "relevance"])
-    """Quality metrics: the axes of the temperature-matched comparison, and the quality table."""
+    quality_metrics: list[str] = field(default_factory=lambda: ["ref_nll_tempered", "ref_nll", "rouge_l", "relevance"])
+    """Quality metrics of the tables and the quality targets."""
+    matched_metrics: list[str] = field(default_factory=lambda: ["ref_nll_tempered", "relevance"])
+    """The quality axes of the temperature-matched comparison: metrics that move with the decoding
+    temperature (untempered ref_nll and greedy ROUGE-L do not: the baseline's curve is flat)."""
     max_prompts: Optional[int] = None
     seed: int = 0
     """Seed of the evaluation's sampling (with the model name and prompt ids)."""
@@ -291,6 +294,7 @@ def _invariants(s: ExperimentSpec) -> list[str]:
     need(len(v.primary_metrics) >= 1, "eval.primary_metrics: at least one metric")
     e += _metric_errors(v.primary_metrics, "eval.primary_metrics", "diversity")
     e += _metric_errors(v.quality_metrics, "eval.quality_metrics", "quality")
+    e += _metric_errors(v.matched_metrics, "eval.matched_metrics", "quality")
     need(s.stats.resamples >= 100, "stats.resamples: must be >= 100")
     need(0.5 < s.stats.level < 1.0, "stats.level: must be in (0.5, 1)")
     for i, t in enumerate(s.targets):
@@ -300,8 +304,10 @@ def _invariants(s: ExperimentSpec) -> list[str]:
         need((t.min_gain is None) != (t.max_drop is None), f"{p}: set exactly one of min_gain and max_drop")
         need(t.max_drop is None or t.max_drop >= 0, f"{p}.max_drop: must be >= 0")
         need(t.matched is None or t.min_gain is not None, f"{p}.matched: a temperature-matched target needs min_gain")
-        if t.matched is not None:
-            e += _metric_errors([t.matched], f"{p}.matched", "quality")
+        need(t.matched is None or t.matched in v.matched_metrics,
+             f"{p}.matched: must be one of eval.matched_metrics {v.matched_metrics}, got {t.matched!r}")
+        need(t.matched is None or t.metric in v.primary_metrics,
+             f"{p}.metric: a temperature-matched target needs a primary metric {v.primary_metrics}, got {t.metric!r}")
         need(t.temperature is None or t.temperature in v.variant_temperatures,
              f"{p}.temperature: must be one of eval.variant_temperatures {v.variant_temperatures}")
     for i, m in enumerate(s.monotone):

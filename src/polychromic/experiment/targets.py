@@ -153,11 +153,11 @@ def verdict_gain(spec: ExperimentSpec, res: dict, arm: str, marks: dict) -> dict
     smallest matched gain over the held-out quality metrics."""
     t = f"{spec.eval.variant_temperatures[0]:g}"
     div = next((m for m in spec.eval.primary_metrics if marks[m]["trained_on"] is False), None)
-    quals = [q for q in spec.eval.quality_metrics if marks[q]["trained_on"] is False]
+    quals = [q for q in spec.eval.matched_metrics if marks[q]["trained_on"] is False]
     if div is None:
         return {"gain": None, "reason": "every primary metric is trained on: no held-out diversity metric"}
     if not quals:
-        return {"gain": None, "reason": "every quality metric is trained on: no held-out quality axis to match on"}
+        return {"gain": None, "reason": "every eval.matched_metrics axis is trained on: no held-out quality axis to match on"}
     if arm not in res["frontier"]:
         return {"gain": None, "reason": "no temperature curve of the baseline (one temperature)"}
     cands = []
