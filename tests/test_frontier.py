@@ -126,6 +126,9 @@ def test_bootstrap_point_is_the_hand_computed_gain_and_the_ci_covers_it():
     assert d["ci"][0] < 0.06 < d["ci"][1] and q["ci"][0] < 0.1 < q["ci"][1]
     assert d["relative_ci"][0] < d["relative_gain"] < d["relative_ci"][1]
     assert d["mde"] == pytest.approx(2.8016 * d["se"], rel=1e-3) and d["ci_note"] is None
+    assert d["relative_half_width"] == pytest.approx((d["relative_ci"][1] - d["relative_ci"][0]) / 2)
+    assert d["mde_relative"] == pytest.approx(2.8016 * d["relative_se"], rel=1e-3)
+    assert d["relative_se"] == pytest.approx(d["se"] / 0.64, rel=0.1)  # relative = gain / a nearly fixed 0.64
     assert r["n_prompts"] == 60 and r["n_seeds"] == {"baseline": 3, "variant": 2}
     assert r["curve"][1] == pytest.approx((0.7, 0.65, 0.61))
     # seed variation widens the two-level CI over the pooled one

@@ -150,6 +150,7 @@ def _summary(point: dict, draws: list[dict], level: float, alpha: float, power: 
     below = sum(r["end"] == "below" for r in draws) / len(draws)
     above = sum(r["end"] == "above" for r in draws) / len(draws)
     out = {**point, "ci": None, "relative_ci": None, "se": None, "mde": None, "ci_half_width": None,
+           "relative_half_width": None, "relative_se": None, "mde_relative": None,
            "outside_fraction": {"below": below, "above": above}, "ci_note": None}
     if point["status"] != "inside":
         out["ci_note"] = "no CI: the variant is outside the baseline curve"
@@ -167,7 +168,10 @@ def _summary(point: dict, draws: list[dict], level: float, alpha: float, power: 
     out.update(ci=[float(lo), float(hi)], ci_half_width=float(hi - lo) / 2, se=se, mde=mde_multiplier(alpha, power) * se)
     rel = [r["relative_gain"] for r in inside]
     if all(v is not None for v in rel):
-        out["relative_ci"] = [float(x) for x in np.quantile(np.array(rel), [tail, 1 - tail])]
+        rel_lo, rel_hi = (float(x) for x in np.quantile(np.array(rel), [tail, 1 - tail]))
+        rel_se = float(np.std(rel, ddof=1))
+        out.update(relative_ci=[rel_lo, rel_hi], relative_half_width=(rel_hi - rel_lo) / 2, relative_se=rel_se,
+                   mde_relative=mde_multiplier(alpha, power) * rel_se)
     if below + above > 0:
         out["ci_note"] = (f"{100 * (below + above):.1f}% of resamples fell outside the baseline curve and are not in "
                           "the CI")
@@ -190,7 +194,8 @@ def matched_gain_bootstrap(baseline: Mapping, variant: Mapping, prompts: Optiona
 
     Returns {"point": matched_gain on the full means, "curve": [(T, quality, diversity)],
     "variant": (quality, diversity), one summary per axis (the point's keys plus ci,
-    relative_ci, ci_half_width, se, mde, outside_fraction, ci_note), method, n_prompts, n_seeds,
+    ci_half_width, se, mde of the gain; relative_ci, relative_half_width, relative_se,
+    mde_relative of the relative gain; outside_fraction, ci_note), method, n_prompts, n_seeds,
     resamples, seed, level}."""
     if not baseline:
         raise ValueError("matched_gain_bootstrap: the baseline has no temperatures")
