@@ -212,15 +212,19 @@ def test_trained_on_marks_follow_the_embedders(tmp_path, tiny_model_dir):
     cfgs = [(a.name, arm_config(spec, a, 0)) for a in spec.arms]
     ev = eval_config(spec, 0.7)
     names = ["mean_pairwise_cosine_distance", "vendi_q1", "distinct_2", "self_bleu", "relevance", "ref_nll", "length_tokens"]
-    same = marks(names, cfgs, ev, ev.objective.diversity_encoder_model)  # the training's own embedder
-    other = marks(names, cfgs, ev, "/models/another-encoder")
+    assert ev.eval.embedder == cfgs[1][1].objective.diversity_encoder_model  # the spec keeps the training's MiniLM
+    same = marks(names, cfgs, ev, ev.eval.embedder)
+    held = load_spec(tmp_path / "spec.yaml", ["eval.embedder=embedded:multilingual-e5-small"])
+    ev_other = eval_config(held, 0.7)
+    assert ev_other.eval.embedder == "embedded:multilingual-e5-small"
+    other = marks(names, cfgs, ev_other, ev_other.eval.embedder)
     assert same["mean_pairwise_cosine_distance"]["trained_on"] and same["vendi_q1"]["trained_on"] and same["mean_pairwise_cosine_distance"]["arms"] == ["poly"]
     assert other["mean_pairwise_cosine_distance"]["trained_on"] is False and other["vendi_q1"]["trained_on"] is False
     assert same["relevance"]["trained_on"]  # poly's q is relevance
     for m in ("distinct_2", "self_bleu", "ref_nll"):
         assert same[m]["trained_on"] is False and other[m]["trained_on"] is False
     assert same["length_tokens"]["trained_on"] is None
-    sft_only = marks(names, cfgs[:1], ev, ev.objective.diversity_encoder_model)  # no reward: everything held out
+    sft_only = marks(names, cfgs[:1], ev, ev.eval.embedder)  # no reward: everything held out
     assert not any(v["trained_on"] for v in sft_only.values())
 
 

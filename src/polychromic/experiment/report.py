@@ -43,7 +43,7 @@ def compute_all(spec: ExperimentSpec) -> dict:
     res = results.compute(data)
     t0 = spec.eval.variant_temperatures[0]
     eval_cfg = data.evals[t0].cfg
-    embedder = spec.eval.embedder or eval_cfg.objective.diversity_encoder_model
+    embedder = eval_cfg.eval.embedder  # the semantic metrics' encoder (spec.eval.embedder when set)
     names = sorted({m for t in data.per_prompt for m in data.metrics(t)} | set(res["table_metrics"]))
     marks = held_out_marks(names, _training_configs(spec), eval_cfg, embedder)
     res["held_out"] = {"eval_embedder": embedder, "eval_quality": eval_cfg.objective.quality, "marks": marks}

@@ -59,8 +59,8 @@ class EvalSpec:
     variant_temperatures: list[float] = field(default_factory=lambda: [0.7])
     """Every arm is decoded at these; the baseline too (same-decoding comparison)."""
     embedder: Optional[str] = None
-    """Evaluation embedder (eval.embedder); None = the config's, i.e. the training distance's own:
-    then the semantic metrics are marked trained-on."""
+    """eval.embedder of the evaluation, the encoder of the semantic metrics; None keeps the
+    config's (MiniLM by default, the training reward's own: then they are marked trained on)."""
     primary_metrics: list[str] = field(default_factory=lambda: ["distinct_2", "self_bleu", "mean_pairwise_cosine_distance"])
     """Diversity metrics of the verdict, in order; the first held-out one drives the decision tree."""
     quality_metrics: list[str] = field(default_factory=lambda: ["ref_nll_tempered", "ref_nll", "rouge_l", "relevance"])
