@@ -1,0 +1,219 @@
+"""The policy-gradient step against TRL's GRPOTrainer on the same model and work, in one process.
+
+Work per optimizer step, both sides: 8 prompts x 5 samples x 100 new tokens sampled at T = 0.9
+(top_p 1, top_k 0), the policy-gradient loss over the 40 completions, one AdamW step on a LoRA
+r=16 / alpha 16 / dropout 0.1 on the seven projections of a random-weight Qwen3-8B-shaped model
+(bench_models.py; the same seed, so the same weights on both sides). No KL term (TRL's beta = 0,
+our kl_beta = 0), no SFT micro-batches on our side (TRL has none).
+
+- ours: generate_rollouts + polychromic.rollout_term (objective.quality=constant: set-diversity
+  advantages, non-zero in every group) + clip + AdamW, as the trainer does them; median of
+  --repeats after a warm-up step (the first call compiles the decode step). With the model's
+  attention as `sdpa` (our default) and as `eager` (TRL's setting below).
+- TRL 1.16 GRPOTrainer, per_device_train_batch_size 40 (all 40 completions in one forward/
+  backward), num_generations 5, max_completion_length 100, peft_config as above, the rest TRL's
+  defaults (gradient checkpointing on, bf16): (a) as shipped, transformers generate; (b) its best
+  setting without vLLM, use_transformers_continuous_batching. A reward that hashes the completion
+  text gives non-zero advantages. The step time is read from a TrainerCallback (on_step_begin ->
+  on_step_end); the median of steps 2..--trl-steps is reported.
+  TRL runs with attn_implementation="eager": with SDPA its first step's gradient norm is NaN
+  (left-padded prompts give fully masked attention rows; step_bench.py's sdpa probe shows which
+  kernels turn them into NaN) and the next sampling step fails on the NaN weights.
+
+    PYTHONPATH=src python3 benchmarks/trl_peer.py                     # GPU, needs trl (see README)
+    PYTHONPATH=src python benchmarks/trl_peer.py --shape tiny --repeats 1 --trl-steps 2   # CPU smoke
+
+Writes trl_peer.json to --out (default $OUT) and prints the ratios last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_models as bm  # noqa: E402
+import step_bench as sb  # noqa: E402
+
+from polychromic.data import render_prompt  # noqa: E402
+from polychromic.io import atomic_write_json  # noqa: E402
+from polychromic.training.objectives import polychromic as poly  # noqa: E402
+from polychromic.training.rollout import generate_rollouts, rollout_seed  # noqa: E402
+
+LR = 2e-4
+
+
+def set_attention(model, impl: str) -> None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation(impl)
+
+
+def ours(args, dev, dtype, work: Path) -> dict:
+    model, tok, cfg, embedder, texts = sb.setup(args.shape, dev, dtype, work)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=cfg.trainer.weight_decay)
+    m = cfg.rollout.max_examples_for_diversity
+    out = {}
+    for impl in ("sdpa", "eager"):
+        set_attention(model, impl)
+        times, parts = [], []
+        for step in range(args.repeats + 1):
+            sel = [(step * m + i) % len(texts) for i in range(m)]
+            t_text = [texts[i] for i in sel]
+            ids = [render_prompt(tok, cfg.data, t) for t in t_text]
+            sb.sync()
+            t0 = time.perf_counter()
+            ro = generate_rollouts(model, tok, t_text, ids, cfg.rollout, rollout_seed(cfg.seed, step))
+            sb.sync()
+            t1 = time.perf_counter()
+            poly.rollout_term(model, ro, embedder, cfg, lambda loss: loss.backward())
+            torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sb.sync()
+            t2 = time.perf_counter()
+            if step > 0:  # step 0 compiles and captures the decode step
+                times.append(t2 - t0)
+                parts.append({"rollouts": t1 - t0, "pg_and_optimizer": t2 - t1})
+        med = statistics.median(times)
+        out[impl] = {"step_s": med, "steps_s": times, "parts": parts}
+        print(f"ours ({impl}): {med:.3f} s per step {times}", flush=True)
+    set_attention(model, "sdpa")
+    from polychromic.generation import fast as fastgen
+
+    fastgen.release(model)
+    del model, opt, params, embedder
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
+
+
+class StepTimer:
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class CB(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                sb.sync()
+                timer.t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                sb.sync()
+                timer.steps.append(time.perf_counter() - timer.t0)
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs:
+                    timer.logs.append(dict(logs))
+
+        self.steps, self.logs, self.t0, self.callback = [], [], 0.0, CB()
+
+
+def reward(prompts, completions, **kw):
+    """A reward that depends on the completion text alone (non-zero advantages, no model)."""
+    return [zlib.crc32(str(c).encode()) % 1000 / 1000 for c in completions]
+
+
+def trl_run(args, dev, dtype, work: Path, continuous: bool) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    base, tok = bm.build_model(args.shape, dev, dtype)
+    set_attention(base, "eager")
+    texts = [r["prompt"] for r in _rows(work, args.shape)]
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"Generate an engaging Twitter reply to this tweet:\n\n{t}\n\nReply:"}]
+                                         for t in texts]})
+    cuda = dev.type == "cuda"
+    cfg = GRPOConfig(
+        output_dir=str(work / ("trl_cb" if continuous else "trl")), per_device_train_batch_size=40, gradient_accumulation_steps=1,
+        num_generations=5, max_completion_length=100, temperature=0.9, top_p=1.0, top_k=0, learning_rate=LR, beta=0.0,
+        max_steps=args.trl_steps, logging_steps=1, report_to="none", save_strategy="no", seed=42, bf16=cuda,
+        use_cpu=not cuda, use_transformers_continuous_batching=continuous, disable_tqdm=True,
+    )
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=base, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tok,
+                          peft_config=LoraConfig(r=16, lora_alpha=16, lora_dropout=0.1, target_modules=bm.TARGETS, task_type="CAUSAL_LM"),
+                          callbacks=[timer.callback])
+    t0 = time.perf_counter()
+    try:
+        trainer.train()
+        error = None
+    except Exception as exc:  # a measured outcome of this setting: recorded and reported
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    wall = time.perf_counter() - t0
+    later = timer.steps[1:]
+    res = {"continuous_batching": continuous, "steps_s": timer.steps, "step_s": statistics.median(later) if later else None,
+           "train_wall_s": wall, "error": error, "grad_norms": [lg.get("grad_norm") for lg in timer.logs if "grad_norm" in lg],
+           "logs": timer.logs}
+    print(f"TRL ({'continuous batching' if continuous else 'generate'}): {res['step_s']} s per step {timer.steps} error={error}", flush=True)
+    del trainer, base
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return res
+
+
+def _rows(work: Path, shape: str) -> list[dict]:
+    import json
+
+    prep = bm.write_tweets(work / "prepared", 64, bm.SHAPES[shape]["vocab_size"], seed=1)
+    rows = [json.loads(x) for x in (prep / "train.jsonl").read_text().splitlines()]
+    seen, out = set(), []
+    for r in rows:
+        if r["prompt"] not in seen:
+            seen.add(r["prompt"])
+            out.append(r)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(bm.SHAPES), default="8b")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--trl-steps", type=int, default=3)
+    ap.add_argument("--skip", default="", help="comma list: cb")
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    args = ap.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    import trl
+
+    work = Path(tempfile.mkdtemp(prefix="trl_peer_"))
+    res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu", "trl": trl.__version__,
+                 "torch": torch.__version__}
+    res["ours"] = ours(args, dev, dtype, work)
+    res["trl_generate"] = trl_run(args, dev, dtype, work, continuous=False)
+    if "cb" not in args.skip:
+        res["trl_continuous_batching"] = trl_run(args, dev, dtype, work, continuous=True)
+    print("\n== per optimizer step, 8 x 5 x 100 rollouts + policy gradient over 40 + AdamW ==")
+    mine = res["ours"]["sdpa"]["step_s"]
+    for key in ("trl_generate", "trl_continuous_batching"):
+        r = res.get(key)
+        if r and r["step_s"]:
+            res[f"ratio_{key}"] = r["step_s"] / mine
+            res[f"ratio_{key}_eager"] = r["step_s"] / res["ours"]["eager"]["step_s"]
+            print(f"{key:28s} {r['step_s']:7.2f} s  = {r['step_s'] / mine:5.1f} x ours (sdpa {mine:.3f} s), "
+                  f"{r['step_s'] / res['ours']['eager']['step_s']:5.1f} x ours with eager attention")
+        elif r:
+            print(f"{key:28s} failed: {r['error']}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        print(f"wrote {atomic_write_json(Path(args.out) / 'trl_peer.json', res)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
