@@ -49,7 +49,8 @@ sample_sets = st.one_of(
     st.tuples(sample_text, st.integers(2, 6)).map(lambda t: [t[0]] * t[1]),      # identical samples
 )
 
-LEXICAL = [f"distinct_{n}" for n in range(1, 5)] + ["self_bleu", "pairwise_bleu", "compression_ratio"]
+LEXICAL = [f"distinct_{n}" for n in range(1, 5)] + ["distinct_k", "distinct_k_fraction", "self_bleu", "pairwise_bleu",
+                                                    "compression_ratio"]
 SEMANTIC = ["mean_pairwise_cosine_distance", "vendi_q1", "vendi_q0.5", "vendi_q2", "vendi_qinf"]
 PAIRWISE = ["self_bleu", "pairwise_bleu", "mean_pairwise_cosine_distance"]
 TOL = 1e-9
@@ -57,7 +58,9 @@ TOL = 1e-9
 
 def in_range(name: str, v: float, k: int, q: np.ndarray | None) -> bool:
     """The documented range of each metric (metrics.py docstrings, docs/metrics.md)."""
-    if name.startswith("distinct_"):
+    if name == "distinct_k":  # a count of classes
+        return v == int(v) and 1 <= v <= k
+    if name.startswith("distinct_"):  # distinct_n and distinct_k_fraction
         return 0 < v <= 1
     if name in ("self_bleu", "pairwise_bleu"):
         return 0 <= v <= 1
