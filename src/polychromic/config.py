@@ -108,6 +108,9 @@ class RolloutConfig:
     min_generation_length: int = 0
     batch_size: Optional[int] = None
     """Sequences per generate call; None = all M x N in one call."""
+    recompute_rows: Optional[int] = None
+    """Sequences per forward/backward pass when the policy-gradient term recomputes their
+    log-probs with grad; None = as many as the free GPU memory holds (all of them on a CPU)."""
 
 
 @dataclass
@@ -328,6 +331,7 @@ def _invariants(c: Config, failed: Collection[str] = ()) -> list[str]:
     need(0 <= r.min_generation_length <= r.max_generation_length, "rollout.min_generation_length: must be in [0, max_generation_length]",
          "rollout.max_generation_length")
     need(r.batch_size is None or r.batch_size >= 1, "rollout.batch_size: must be >= 1")
+    need(r.recompute_rows is None or r.recompute_rows >= 1, "rollout.recompute_rows: must be >= 1 (or null: as many as fit)")
     o = c.objective
     need(o.diversity_weight >= 0, "objective.diversity_weight: must be >= 0")
     need(o.compute_diversity_every_n_steps >= 1, "objective.compute_diversity_every_n_steps: must be >= 1")

@@ -1,21 +1,24 @@
-"""Rollouts: M prompts x N sampled completions, made by ONE batched generate call.
+"""Rollouts: M prompts x N sampled completions, made by ONE batched generate call, and the
+log-probs of those samples recomputed with grad.
 
-The objectives consume this type (../shared/docs/style.md, practice 2). Sampling is on-policy by
-default (temperature T, top_p 1, top_k 0; a truncating user setting is warned about, since the
-score-function gradient is then taken on samples from another policy) and seeded from
-(cfg.seed, step, rank), so a resumed run regenerates the very same rollouts, and the global torch
-RNG is left untouched (fork_rng): generating rollouts or not must not shift the dropout masks of
-the SFT term (that keeps `float_penalty` bit-identical to `sft`).
+The objectives consume the `Rollouts` type. Sampling is on-policy by default (temperature T,
+top_p 1, top_k 0; a truncating user setting is warned about, since the score-function gradient
+is then taken on samples from another policy) and seeded from (cfg.seed, step, rank), so a
+resumed run regenerates the very same rollouts, and the global torch RNG is left untouched
+(fork_rng): generating rollouts or not must not shift the dropout masks of the SFT term (that
+keeps `float_penalty` bit-identical to `sft`).
 
-`pack` lays the sequences out as generate did (prompts left-padded to one width W, completions
-right-padded after them), with explicit position ids, so the log-probs recomputed with grad come
-from the same positions the samples were drawn at; `token_logprobs` computes only the C completion
-positions' logits (logits_to_keep), not the prompt's: that is most of the memory on a big vocabulary.
+The recompute is batched across prompt groups (one forward/backward pass for as many sequences
+as memory holds: `rows_per_pass`). `pack` lays them out right-padded with explicit position ids,
+so every token sits at the position it was sampled at; `token_logprobs` computes logits at the
+completion positions alone (most of the memory on a big vocabulary is the prompt's logits) and
+takes the tempered log-softmax in chunks without a float32 copy of the logits.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -101,72 +104,208 @@ def generate_rollouts(model, tokenizer, prompt_texts: Sequence[str], prompt_ids:
 
 
 def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, device) -> dict:
-    """Padded (prompt + completion) tensors for one forward pass.
+    """Padded (prompt + completion) tensors for one forward pass, right-padded.
 
-    Layout as at generation: prompt i left-padded to width W, its completion right-padded to C.
-    Returns input_ids/attention_mask/position_ids (B, W + C), completion_ids and completion_mask
-    (B, C), and W. A completion may be empty (mask all zero).
+    Row i holds prompt i, then completion i, then padding up to L = max_i (len(p_i) + len(y_i)).
+    Position ids count real tokens only (0 .. len - 1), the positions generate gave them (it
+    left-pads and counts real tokens only), and padding is never attended to, so every real
+    token sees the context it was sampled with at the same position. Right padding, not
+    generate's left padding: a left-padding query has no key to attend to, a fully masked
+    attention row, where SDPA kernels on CUDA can return NaN, and 0 * NaN in the weight gradients
+    poisons the whole step (docs/performance.md, "SDPA and left padding"). Right-padding queries
+    always see their row's real tokens.
+
+    Returns input_ids/attention_mask/position_ids (B, L); completion_ids, completion_mask and
+    logit_index (B, C), C = the longest completion: logit_index[i, t] = len(p_i) - 1 + t, the
+    position whose logits predict completion token t (0 where the mask is 0). A completion may
+    be empty (mask all zero).
     """
     if len(prompts) != len(completions) or not prompts:
         raise ValueError(f"pack: {len(prompts)} prompts for {len(completions)} completions")
-    w = max(len(p) for p in prompts)
-    c = max(1, max(len(x) for x in completions))
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("pack: an empty prompt (its first completion token would have no logit)")
+    width = max(len(p) + len(y) for p, y in zip(prompts, completions))
+    c = max(1, max(len(y) for y in completions))
     b = len(prompts)
-    ids = torch.full((b, w + c), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, w + c), dtype=torch.long)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
     comp = torch.full((b, c), pad_id, dtype=torch.long)
     cmask = torch.zeros((b, c), dtype=torch.float32)
+    index = torch.zeros((b, c), dtype=torch.long)
     for i, (p, y) in enumerate(zip(prompts, completions)):
-        ids[i, w - len(p) : w] = torch.tensor(p, dtype=torch.long)
-        mask[i, w - len(p) : w] = 1
+        row = list(p) + list(y)
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
         if y:
-            ids[i, w : w + len(y)] = torch.tensor(y, dtype=torch.long)
-            mask[i, w : w + len(y)] = 1
             comp[i, : len(y)] = torch.tensor(y, dtype=torch.long)
             cmask[i, : len(y)] = 1.0
-    # Positions count real tokens only, as generate computes them for left-padded prompts.
-    pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            index[i, : len(y)] = torch.arange(len(p) - 1, len(p) - 1 + len(y))
+    pos = torch.arange(width, dtype=torch.long).expand(b, width).contiguous()
     return {
         "input_ids": ids.to(device),
         "attention_mask": mask.to(device),
         "position_ids": pos.to(device),
         "completion_ids": comp.to(device),
         "completion_mask": cmask.to(device),
-        "prompt_width": w,
+        "logit_index": index.to(device),
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# Log-probs of the sampled tokens, with grad
+
+PLAIN_HEAD_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+"""Model types whose causal-LM logits are exactly lm_head(final hidden state): for these the
+head runs on the completion positions alone. Others (soft-capped or scaled logits) go through
+the model's own forward over the span of positions the rows need."""
+
+CHUNK_BYTES = 1 << 28
+"""float32 bytes of logits one chunk of the log-softmax works on (256 MiB)."""
+
+
+class _TemperedLogProb(torch.autograd.Function):
+    """log softmax(z / T)[y] per row of z (R, V), in row chunks, with a float32 (or wider)
+    softmax but no float32 copy of z kept: the forward saves z itself and the R log-normalisers,
+    the backward recomputes each chunk's softmax and writes d/dz = (onehot(y) - softmax) / T in
+    z's dtype. `block` (R,) marks rows where the `eos` columns were -inf for the sampler."""
+
+    @staticmethod
+    def forward(ctx, z, y, temperature: float, block, eos, chunk_rows: int):
+        dt = torch.promote_types(z.dtype, torch.float32)
+        lse = torch.empty(z.shape[0], dtype=dt, device=z.device)
+        picked = torch.empty(z.shape[0], dtype=dt, device=z.device)
+        for s in range(0, z.shape[0], chunk_rows):
+            zc = _tempered(z, s, chunk_rows, temperature, block, eos, dt)
+            lse[s : s + chunk_rows] = torch.logsumexp(zc, dim=-1)
+            picked[s : s + chunk_rows] = zc.gather(1, y[s : s + chunk_rows, None])[:, 0]
+        ctx.save_for_backward(z, y, lse, block, eos)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, y, lse, block, eos = ctx.saved_tensors
+        t, n = ctx.temperature, ctx.chunk_rows
+        out = torch.empty_like(z)
+        for s in range(0, z.shape[0], n):
+            zc = _tempered(z, s, n, t, block, eos, lse.dtype)
+            g = grad[s : s + n, None].to(lse.dtype)
+            d = torch.exp(zc - lse[s : s + n, None]).mul_(-g)
+            d.scatter_add_(1, y[s : s + n, None], g)
+            out[s : s + n] = d.div_(t)
+        return out, None, None, None, None, None
+
+
+def _tempered(z, s: int, n: int, temperature: float, block, eos, dt):
+    zc = z[s : s + n].to(dt) / temperature
+    if block is not None and eos.numel():
+        rows = block[s : s + n].nonzero()
+        if rows.numel():
+            zc[rows, eos[None, :]] = float("-inf")
+    return zc
+
+
+def tempered_logprobs(z: torch.Tensor, y: torch.Tensor, temperature: float, block: torch.Tensor | None = None,
+                      eos: Sequence[int] = (), chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+    """(R,) log softmax(z / T)[y] for logits z (R, V) and targets y (R,), differentiable in z,
+    without a float32 copy of z (see _TemperedLogProb). block (R,) bool: rows whose `eos`
+    columns are -inf (the min_new_tokens block)."""
+    eos_t = torch.as_tensor(list(eos), dtype=torch.long, device=z.device)
+    block_t = block if block is not None and eos_t.numel() else None
+    rows = max(1, chunk_bytes // (4 * max(1, z.shape[-1])))
+    return _TemperedLogProb.apply(z, y, float(temperature), block_t, eos_t, rows)
+
+
+def _completion_logits(model, batch: dict, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """(R, V) logits at positions pos of rows `rows` (the completion-predicting ones)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False)
+    head = getattr(base, "lm_head", None)
+    if getattr(base.config, "model_type", None) in PLAIN_HEAD_TYPES and type(head) is torch.nn.Linear and hasattr(base, "model"):
+        # The decoder alone (LoRA layers, disable_adapter and gradient checkpointing act inside it),
+        # then the head on the R completion positions only.
+        hidden = base.model(**kw).last_hidden_state
+        return head(hidden[rows, pos])
+    lo, hi = int(pos.min()), int(pos.max()) + 1
+    logits = model(**kw, logits_to_keep=torch.arange(lo, hi, device=pos.device)).logits
+    return logits[rows, pos - lo]
+
+
 def token_logprobs(model, batch: dict, temperature: float, min_new_tokens: int = 0, eos: Sequence[int] = ()) -> torch.Tensor:
-    """(B, C) log pi(y_t | x, y_<t) of each completion token, logits divided by the sampling
-    temperature (the policy the samples came from); zero where completion_mask is 0.
-    Differentiable unless called under no_grad.
+    """(B, C) log pi(y_t | x, y_<t) of each completion token of a `pack` batch, logits divided by
+    the sampling temperature (the policy the samples came from); zero where completion_mask is 0.
+    Differentiable unless called under no_grad. Logits are computed at the completion positions
+    only, and the log-softmax keeps no float32 copy of them (tempered_logprobs).
 
     With min_new_tokens > 0 the sampler set the EOS logits to -inf at completion positions
     t < min_new_tokens (transformers' MinNewTokensLengthLogitsProcessor; generation/fast.py does
     the same), so the policy that drew the samples renormalised over the other tokens there: pass
     the same `min_new_tokens` and `eos` ids and the same block is applied here, keeping the
     score-function gradient on-policy."""
-    c = batch["completion_ids"].shape[1]
-    # The logit at position W - 1 + t predicts completion token t: keep the last C + 1 positions
-    # and drop the very last (it predicts past the sequence).
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        logits_to_keep=c + 1,
-        use_cache=False,
-    )
-    logits = out.logits[:, :-1, :].float() / temperature
+    cmask = batch["completion_mask"] > 0
+    c = cmask.shape[1]
     blocked = min(int(min_new_tokens), c)
     if blocked > 0 and len(eos):
-        eos_t = torch.as_tensor(list(eos), device=logits.device)
-        early = torch.isin(batch["completion_ids"][:, :blocked], eos_t) & (batch["completion_mask"][:, :blocked] > 0)
+        eos_t = torch.as_tensor(list(eos), device=cmask.device)
+        early = torch.isin(batch["completion_ids"][:, :blocked], eos_t) & cmask[:, :blocked]
         if bool(early.any()):
             raise ValueError(f"token_logprobs: a completion holds an EOS id before min_new_tokens={min_new_tokens}; "
                              "the sampler that blocked EOS there cannot have drawn it")
-        block = torch.zeros(c, logits.shape[-1], dtype=torch.bool, device=logits.device)
-        block[:blocked, eos_t] = True
-        logits = logits.masked_fill(block, float("-inf"))
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
-    # where, not a product: a padded position may hold a blocked id (log-prob -inf; -inf * 0 is NaN).
-    return torch.where(batch["completion_mask"] > 0, logp, torch.zeros_like(logp))
+    rows, cols = cmask.nonzero(as_tuple=True)
+    measure = torch.is_grad_enabled() and cmask.is_cuda
+    before = torch.cuda.memory_allocated(cmask.device) if measure else 0
+    z = _completion_logits(model, batch, rows, batch["logit_index"][rows, cols])
+    block = cols < blocked if blocked > 0 and len(eos) else None
+    lp = tempered_logprobs(z, batch["completion_ids"][rows, cols], temperature, block, eos)
+    if measure:  # what this pass keeps for its backward, per token: sizes the next passes
+        _note_bytes_per_token(model, (torch.cuda.memory_allocated(cmask.device) - before) / batch["input_ids"].numel())
+    return torch.zeros(cmask.shape, dtype=lp.dtype, device=lp.device).index_put((rows, cols), lp)
+
+
+# ---------------------------------------------------------------------------------------------
+# How many sequences one forward/backward pass takes
+
+_BYTES_PER_TOKEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+BACKWARD_FACTOR = 1.25
+"""The backward's peak over what the forward keeps (activation gradients of a layer, the
+logits' gradient, the log-softmax chunks): measured bytes per token are multiplied by it."""
+RESERVE_FRACTION = 0.06
+"""Share of the GPU's memory a pass leaves free (fragmentation, the optimizer's temporaries)."""
+
+
+def _note_bytes_per_token(model, value: float) -> None:
+    if value > 0:
+        _BYTES_PER_TOKEN[model] = max(value, _BYTES_PER_TOKEN.get(model, 0.0))
+
+
+def rows_per_pass(model, width: int, remaining: int, limit: int | None, probe: int) -> int:
+    """Sequences of `width` tokens (padded) the next recompute pass takes, out of `remaining`.
+    `limit` (rollout.recompute_rows) caps it. On a GPU, as many as the free memory holds, from
+    the bytes per token the model's last passes kept for their backward; before any pass was
+    measured, `probe` sequences (one prompt group). On a CPU, all of them."""
+    k = remaining if limit is None else min(limit, remaining)
+    device = next(model.parameters()).device
+    if device.type != "cuda" or k <= 1:
+        return max(1, k)
+    per_token = _BYTES_PER_TOKEN.get(model)
+    if per_token is None:
+        return max(1, min(k, probe))
+    usable = free_gpu_bytes(device) - RESERVE_FRACTION * gpu_budget_bytes(device)
+    return max(1, min(k, int(usable // (BACKWARD_FACTOR * per_token * width))))
+
+
+def gpu_budget_bytes(device) -> float:
+    """The memory this process may use on `device`: the card's, times the per-process fraction
+    when one was set (torch.cuda.set_per_process_memory_fraction)."""
+    _, total = torch.cuda.mem_get_info(device)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
+    return total * min(1.0, float(fraction))
+
+
+def free_gpu_bytes(device) -> float:
+    """Bytes an allocation can still get: the card's free memory plus the allocator's cached
+    blocks, within this process's budget."""
+    free, _ = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    free += torch.cuda.memory_reserved(device) - allocated
+    return min(free, gpu_budget_bytes(device) - allocated)

@@ -31,7 +31,7 @@ import torch
 from polychromic.config import Config, ObjectiveConfig
 from polychromic.training.objectives.terms import Terms
 from polychromic.rewards import distance_matrix, score_quality, words
-from polychromic.training.rollout import Rollouts, pack, token_logprobs
+from polychromic.training.rollout import Rollouts, pack, rows_per_pass, token_logprobs
 from polychromic.training.set_diversity import class_labels
 from polychromic.training.set_diversity import set_diversity as set_diversity_of
 
@@ -311,9 +311,12 @@ def dropout_off(model):
 
 
 def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[[torch.Tensor], None]) -> Terms:
-    """Score, compute advantages, and backpropagate lambda * div_loss (+ beta * kl_loss) one prompt
-    group at a time (memory stays that of N sequences). `model` is the PeftModel (its
-    disable_adapter() gives the reference policy: no second model is loaded)."""
+    """Score, compute advantages, and backpropagate lambda * div_loss (+ beta * kl_loss).
+    `model` is the PeftModel (its disable_adapter() gives the reference policy: no second model is
+    loaded). Both losses are sums over sequences, so the recompute is batched across prompt
+    groups: each forward/backward pass takes as many sequences as memory holds
+    (rollout.rows_per_pass; rollout.recompute_rows caps it), longest first so a pass pads little.
+    The gradient equals the group-by-group one up to float summation order (tested)."""
     o = cfg.objective
     q, dist, logs = score_rollouts(ro, embedder, o)
     rng = np.random.default_rng(ro.seed)
@@ -324,14 +327,22 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     min_new, eos = eos_blocked(ro)
     device = next(model.parameters()).device
     div_total, kl_total = 0.0, 0.0
+    # Groups whose A_i are all 0 contribute exactly 0 to the gradient (unless the KL term needs
+    # them): their sequences are not recomputed.
+    seqs = [(i, j) for i in range(ro.m) if beta > 0 or adv[i].any() for j in range(ro.n)]
+    seqs.sort(key=lambda r: -(len(ro.prompt_ids[r[0]]) + len(ro.completion_ids[r[0]][r[1]])))
+    limit = cfg.rollout.recompute_rows
+    start = 0
     with dropout_off(model):
-        for i in range(ro.m):
-            if beta == 0 and not adv[i].any():
-                continue  # every A_i is 0: the term's gradient is exactly 0, skip the forward
+        while start < len(seqs):
+            i0, j0 = seqs[start]
+            width = len(ro.prompt_ids[i0]) + len(ro.completion_ids[i0][j0])
+            take = seqs[start : start + rows_per_pass(model, width, len(seqs) - start, limit, probe=ro.n)]
+            start += len(take)
             # Pad id 0 is never attended to (attention_mask 0) and never scored (completion_mask 0).
-            batch = pack([ro.prompt_ids[i]] * ro.n, ro.completion_ids[i], 0, device)
+            batch = pack([ro.prompt_ids[i] for i, _ in take], [ro.completion_ids[i][j] for i, j in take], 0, device)
             logp_tok = token_logprobs(model, batch, temp, min_new, eos)
-            a = torch.as_tensor(adv[i], dtype=logp_tok.dtype, device=device)
+            a = torch.as_tensor(np.array([adv[i, j] for i, j in take]), dtype=logp_tok.dtype, device=device)
             div = div_loss(logp_tok.sum(dim=1), a, l_norm, ro.m)
             loss = lam * div
             if beta > 0:

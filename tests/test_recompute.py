@@ -1,0 +1,144 @@
+"""The policy-gradient recompute batched across prompt groups: the chunked tempered log-softmax
+against torch's, and rollout_term's gradient (one pass, one sequence per pass) against a plain
+group-by-group reference that runs every sequence on its own, unpadded."""
+
+import numpy as np
+import pytest
+import torch
+
+from polychromic.config import LoraConfig, ModelConfig, load_config
+from polychromic.models import attach_lora, load_base_model, load_tokenizer
+from polychromic.training.objectives import polychromic as poly
+from polychromic.training.rollout import generate_rollouts, pack, rows_per_pass, tempered_logprobs, token_logprobs
+
+
+def test_tempered_logprobs_match_log_softmax_in_value_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(13, 50, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, 50, (13,), generator=g)
+    block = torch.arange(13) % 3 == 0
+    eos = [7, 11]
+    y[block & torch.isin(y, torch.tensor(eos))] = 0  # a blocked EOS cannot have been sampled
+    w = torch.randn(13, generator=g, dtype=torch.float64)
+    for blk in (None, block):
+        ref_z = (z / 0.7).clone()
+        if blk is not None:
+            ref_z[blk.nonzero(), torch.tensor(eos)[None]] = float("-inf")
+        z1 = z.clone().requires_grad_(True)
+        ref = torch.log_softmax(z1 / 0.7 + (ref_z - z / 0.7).nan_to_num(neginf=float("-inf")), -1).gather(1, y[:, None])[:, 0]
+        (ref * w).sum().backward()
+        z2 = z.clone().requires_grad_(True)
+        # 2 rows per chunk: the chunk loop runs 7 times, the last chunk short
+        got = tempered_logprobs(z2, y, 0.7, blk, eos if blk is not None else (), chunk_bytes=2 * 4 * 50)
+        (got * w).sum().backward()
+        torch.testing.assert_close(got, ref.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(z2.grad, z1.grad, rtol=1e-12, atol=1e-12)
+        assert got.dtype == torch.float64 and torch.all(z2.grad.abs().sum(1) > 0)
+    # bf16 logits: float32 arithmetic inside, the gradient returned in bf16
+    zb = z.to(torch.bfloat16).requires_grad_(True)
+    lp = tempered_logprobs(zb, y, 1.3)
+    ref = torch.log_softmax(zb.detach().float() / 1.3, -1).gather(1, y[:, None])[:, 0]
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp.detach(), ref, rtol=1e-6, atol=1e-6)
+    lp.sum().backward()
+    assert zb.grad.dtype == torch.bfloat16
+
+
+def test_pack_is_right_padded_with_real_positions():
+    b = pack([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], 0, "cpu")
+    assert b["input_ids"].tolist() == [[5, 6, 7, 1, 2], [8, 3, 4, 9, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    assert b["position_ids"][1, :4].tolist() == [0, 1, 2, 3]
+    assert b["logit_index"].tolist() == [[2, 3, 0], [0, 1, 2]]
+    assert b["completion_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    with pytest.raises(ValueError, match="empty prompt"):
+        pack([[]], [[1]], 0, "cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    mcfg = ModelConfig(path=str(tiny_model_dir), dtype="float32")
+    tok = load_tokenizer(mcfg)
+    torch.manual_seed(0)
+    model = attach_lora(load_base_model(mcfg, torch.device("cpu")), LoraConfig(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():  # B = 0 would make the A gradients vanish
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.train()
+    return model, tok
+
+
+def _embed(texts):
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return np.array([[t.lower().count(c) for c in chars] + [1.0] for t in texts], dtype=float)
+
+
+def _grads(model):
+    out = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def _reference_grads(model, ro, cfg):
+    """The group-by-group term with every sequence run alone (no padding at all), through
+    torch.log_softmax: the maths rollout_term must reproduce."""
+    o = cfg.objective
+    q, dist, _ = poly.score_rollouts(ro, _embed, o)
+    rng = np.random.default_rng(ro.seed)
+    adv = np.stack([poly.advantage_parts(q[i], dist[i], o, cfg.set_size, rng)["total"] for i in range(ro.m)])
+    min_new, eos = poly.eos_blocked(ro)
+    temp, l_norm = ro.params.temperature, float(ro.params.max_new_tokens)
+
+    def logp(p, y):
+        logits = model(input_ids=torch.tensor([p + y])).logits[0, len(p) - 1 : -1] / temp
+        logits[: min(min_new, len(y)), eos] = float("-inf")
+        return torch.log_softmax(logits, -1).gather(-1, torch.tensor(y)[:, None])[:, 0]
+
+    with poly.dropout_off(model):
+        for i in range(ro.m):
+            toks = [logp(ro.prompt_ids[i], y) for y in ro.completion_ids[i]]
+            loss = o.diversity_weight * poly.div_loss(torch.stack([t.sum() for t in toks]), torch.tensor(adv[i], dtype=torch.float32), l_norm, ro.m)
+            with torch.no_grad(), model.disable_adapter():
+                refs = [logp(ro.prompt_ids[i], y) for y in ro.completion_ids[i]]
+            kl = sum(poly.k3(t, r, torch.ones_like(t)).sum() for t, r in zip(toks, refs)) / (ro.m * ro.n * l_norm)
+            (loss + o.kl_beta * kl).backward()
+    assert np.abs(adv).sum() > 0
+    return _grads(model)
+
+
+def test_batched_recompute_gives_the_group_by_group_gradient(tiny):
+    model, tok = tiny
+    base = ["objective.name=polychromic", "objective.diversity_weight=1.0", "objective.quality=constant", "objective.kl_beta=0.3",
+            "rollout.n_generations=4", "rollout.max_examples_for_diversity=3", "rollout.max_generation_length=7",
+            "rollout.min_generation_length=2", "rollout.diversity_temperature=0.8"]
+    cfg = load_config(None, base)
+    texts = ["hello there, how are you doing on this fine day?", "tell me a joke", "what is the weather like?"]
+    ids = [tok(t)["input_ids"] for t in texts]
+    assert len(set(map(len, ids))) == 3  # prompts of three lengths: a batched pass pads
+    ro = generate_rollouts(model, tok, texts, ids, cfg.rollout, seed=5)
+    assert len({len(y) for g in ro.completion_ids for y in g}) > 1 or any(not f for g in ro.finished for f in g)
+    ref = _reference_grads(model, ro, cfg)
+    assert ref and all(torch.isfinite(g).all() for g in ref.values()) and any(g.abs().sum() > 0 for g in ref.values())
+    for rows in (None, 1, 5):  # one pass of all 12; one sequence per pass; passes straddling groups
+        c = load_config(None, base + ([f"rollout.recompute_rows={rows}"] if rows else []))
+        terms = poly.rollout_term(model, ro, _embed, c, lambda loss: loss.backward())
+        got = _grads(model)
+        assert got.keys() == ref.keys()
+        for n in ref:
+            torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-7, msg=f"{n} with recompute_rows={rows}")
+        assert terms.logs["train/kl"] >= 0
+
+
+def test_token_logprobs_rejects_an_eos_inside_the_min_new_tokens_block(tiny):
+    model, tok = tiny
+    batch = pack([[5, 6]], [[7, 8, 9]], 0, "cpu")
+    with pytest.raises(ValueError, match="min_new_tokens=2"):
+        token_logprobs(model, batch, 1.0, min_new_tokens=2, eos=[8])
+
+
+def test_rows_per_pass_on_a_cpu_takes_all_unless_capped(tiny):
+    model, _ = tiny
+    assert rows_per_pass(model, 300, 40, None, probe=5) == 40
+    assert rows_per_pass(model, 300, 40, 16, probe=5) == 16
+    assert rows_per_pass(model, 300, 3, 16, probe=5) == 3
