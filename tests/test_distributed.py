@@ -1,6 +1,6 @@
 """Data parallel through accelerate on 2 CPU processes (gloo): `accelerate launch -m polychromic
-train` runs unchanged, and 2 processes reproduce the single-process gradient for the same global
-batch.
+train` runs unchanged, 2 processes reproduce the single-process gradient for the same global
+batch, and a run one of whose processes is killed fails in bounded time and resumes exactly.
 
 Footgun (docs/objective.md): `accelerate launch --cpu --num_processes 2` starts ONE process unless
 an MPI hostfile is given (accelerate's CPU launcher is mpirun); `--multi_gpu --num_processes 2`
@@ -10,11 +10,14 @@ goes through torch.distributed.run and, with trainer.device=cpu, gives 2 gloo pr
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -106,3 +109,99 @@ def test_two_processes_reproduce_the_single_process_gradient(tmp_path, tiny_mode
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=2e-6, rtol=1e-4, msg=k)
     assert any("lora_B" in k and wb[k].abs().max() > 1e-4 for k in wb)  # the adapter did move
+
+
+# ---------------------------------------------------------------------------------------------
+# One process of a 2-process run SIGKILLed after the step-4 checkpoint, inside step 5: the other
+# exits within a bounded time (the dead peer's closed sockets fail its next collective; the
+# launcher then stops everything), the run is recorded as failed, and `--resume` ends with the
+# adapter of an uninterrupted 2-process run, bit for bit.
+
+KILL_STEPS, KILL_AFTER = 8, 4
+EXIT_WITHIN_S = 60
+
+
+def kill_config(tmp_path, model_dir, name):
+    return config_file(tmp_path, model_dir, name, objective={"name": "polychromic", "diversity_weight": 1.0, "quality": "relevance"},
+                       lora={"dropout": 0.1}, trainer={"max_steps": KILL_STEPS, "save_every": 2, "keep_checkpoints": 2})
+
+
+def launch_cmd(config: Path, *extra: str) -> list[str]:
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    return [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "polychromic", "train", str(config), *extra]
+
+
+def rank_pids(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of the launcher's worker processes (their environment holds RANK)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) != launcher_pid:
+                continue
+            env = dict(kv.split("=", 1) for kv in (d / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+        except (OSError, ValueError):
+            continue
+        if "RANK" in env:
+            out[int(env["RANK"])] = int(d.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist_ref")
+    r = launch(kill_config(root, tiny_model_dir, "ref"))
+    assert r.returncode == 0, r.stderr[-4000:]
+    return load_file(str(root / "runs" / "ref" / "seed_42" / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["rank1_killed", "rank0_killed"])
+def test_killed_process_fails_the_run_in_bounded_time_and_resume_is_bit_identical(tmp_path, tiny_model_dir, uninterrupted, victim):
+    from polychromic.rundir import latest_checkpoint
+
+    cfg = kill_config(tmp_path, tiny_model_dir, "killed")
+    run = tmp_path / "runs" / "killed" / "seed_42"
+    env = {**os.environ, "PYTHONPATH": str(REPO_SRC), "OMP_NUM_THREADS": "1"}
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(launch_cmd(cfg), stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 240
+            while (ck := latest_checkpoint(run)) is None or ck.name != f"step-{KILL_AFTER}":
+                assert proc.poll() is None, f"training exited early: {log_path.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "no step-4 checkpoint within 240 s"
+                time.sleep(0.02)
+            pids = rank_pids(proc.pid)
+            assert sorted(pids) == [0, 1], pids
+            os.kill(pids[victim], signal.SIGKILL)
+            killed_at = time.monotonic()
+            rc = proc.wait(timeout=EXIT_WITHIN_S)
+            took = time.monotonic() - killed_at
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert rc != 0 and took < EXIT_WITHIN_S, (rc, took)
+    state = read_state(run)
+    assert state["status"] == "failed", state
+    if victim == 0:  # the dead main process could not write; the survivor did, naming it
+        assert state["error"].startswith(f"the main process (pid {pids[0]}) died; process {pids[1]} stopped with ")
+    else:
+        assert state["error"]  # the main process recorded the collective's failure itself
+    assert not (run / "adapter").exists() and KILL_AFTER <= state["step"] < KILL_STEPS
+    shown = subprocess.run([sys.executable, "-m", "polychromic", "status", str(tmp_path / "runs")], capture_output=True,
+                           text=True, env=env)
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("killed"))
+    # not running; resumable from its checkpoint, the failure in the note
+    assert row.split()[2] == "resumable" and f"from step-{KILL_AFTER}; " in row, shown.stdout
+
+    r = subprocess.run(launch_cmd(cfg, "--resume"), capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert read_state(run)["status"] == "done"
+    a = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == uninterrupted.keys() and a
+    for k in a:
+        assert torch.equal(a[k], uninterrupted[k]), f"{k} differs from the uninterrupted run after resuming (rank {victim} killed)"

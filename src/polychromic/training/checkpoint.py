@@ -122,11 +122,13 @@ def load_checkpoint(ckpt: Path, s, acc) -> int:
                 f"{ckpt}/trainer_state.json: {key} was {meta[key]}, now {now}; resume needs the same data, "
                 "batch sizes, step count and number of processes (or start a new run)"
             )
-    weights = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"), device=str(s.device))
+    # Read on the CPU (safetensors and torch.load refuse accelerate's "cpu:0" of a multi-process
+    # CPU run); loading a state dict moves each tensor onto its parameter's device.
+    weights = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"), device="cpu")
     result = set_peft_model_state_dict(s.model, weights)
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"{ckpt}/adapter: unexpected keys {result.unexpected_keys[:5]} (a different LoRA config?)")
-    s.opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=s.device, weights_only=False))
+    s.opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False))
     s.sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
     rng = ckpt / f"rng_rank{s.rank}.pt"
     if not rng.is_file():

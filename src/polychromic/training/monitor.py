@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -40,7 +42,7 @@ from typing import Callable
 
 from polychromic.config import Config
 from polychromic.io import append_jsonl, atomic_write_jsonl, read_jsonl
-from polychromic.rundir import ALERTS_FILE, METRICS_FILE, process_identity, read_state, write_state
+from polychromic.rundir import ALERTS_FILE, METRICS_FILE, process_alive, process_identity, read_state, write_state
 from polychromic.training.trackers import open_trackers
 
 # Quality collapse: the relative rule needs a few observations of train/quality_mean first (the
@@ -53,6 +55,7 @@ QUALITY_FLOOR = 0.05
 COMBINED_RTOL = 1e-6
 ETA_WINDOW = 20  # steps/s over the last ETA_WINDOW logged steps
 PRINT_REPEATS = 3  # each alert name is printed this many times; later ones go to alerts.jsonl only
+MAIN_EXIT_GRACE_S = 5.0  # how long a failing non-main process waits to see whether the main one died
 BAR_KEYS = {"train/quality_loss": "ce", "train/diversity_score": "div", "train/grad_norm": "gn"}
 
 
@@ -62,6 +65,19 @@ class AlertStop(RuntimeError):
     def __init__(self, alerts: list["Alert"]):
         self.alerts = alerts
         super().__init__("stopping on red flag(s) (trainer.fail_on_alert): " + "; ".join(a.message for a in alerts))
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while the run was inside `with Monitor(...)`. A BaseException (like
+    KeyboardInterrupt), so no `except Exception` on the way swallows it: the run is recorded as
+    failed, then the process exits non-zero."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(
+        "terminated by SIGTERM (the launcher stops the other processes when one process of the run "
+        "fails, or a job scheduler ended the job); resume with --resume"
+    )
 
 
 @dataclass
@@ -291,13 +307,48 @@ class Monitor:
         write_state(self.run_dir, **fields)
 
     def __enter__(self) -> "Monitor":
+        # SIGTERM (torch.distributed.run stopping the surviving processes of a run one of whose
+        # processes died; a batch scheduler's time limit) becomes an exception, so the run ends
+        # recorded as failed instead of `running` with a dead process. Main thread only: signal
+        # handlers cannot be installed elsewhere.
+        self._sigterm = None
+        if threading.current_thread() is threading.main_thread():
+            self._sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         # An exception leaving the training loop marks the run failed with its message; a normal
         # exit without an explicit close() is left to the caller (it decides when a run is done).
-        if exc is not None:
-            try:
-                self.close("failed", error=f"{exc_type.__name__}: {exc}")
-            except OSError as close_exc:  # e.g. the disk is still full: the original error matters more
-                print(f"WARNING could not record the failure in {self.run_dir / 'state.json'}: {close_exc}", file=sys.stderr)
+        # A SIGTERM while the failure is being recorded waits until it is (then the default).
+        installed = getattr(self, "_sigterm", None)
+        if installed is not None and exc is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if exc is not None:
+                error = f"{exc_type.__name__}: {exc}"
+                try:
+                    self.close("failed", error=error)
+                    if not self.is_main:
+                        self._record_dead_main(error)
+                except OSError as close_exc:  # e.g. the disk is still full: the original error matters more
+                    print(f"WARNING could not record the failure in {self.run_dir / 'state.json'}: {close_exc}", file=sys.stderr)
+        finally:
+            if installed is not None:
+                signal.signal(signal.SIGTERM, installed)
+                self._sigterm = None
+
+    def _record_dead_main(self, error: str) -> None:
+        """A non-main process stopping on an error writes state.json only when the main process
+        (its one writer) is dead and left it saying `running`: a killed main process cannot
+        record its own end, and the run must not look alive (or merely interrupted) afterwards."""
+        state = read_state(self.run_dir)
+        # A killed process closes its sockets (which is how this one learnt of it) a moment
+        # before it is gone from the process table: give it that moment.
+        deadline = time.monotonic() + MAIN_EXIT_GRACE_S
+        while state.get("status") == "running" and process_alive(state) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = read_state(self.run_dir)
+        if state.get("status") == "running" and process_alive(state) is False:
+            write_state(self.run_dir, status="failed", finished_at=time.time(),
+                        error=f"the main process (pid {state.get('pid')}) died; process {process_identity()['pid']} "
+                              f"stopped with {error}")
