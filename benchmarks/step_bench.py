@@ -243,8 +243,30 @@ def padding_probe(model, prompts: list[list[int]], comps: list[list[int]], temp:
     return res
 
 
+def probes(res: dict, model, prompt_ids, ro, cfg, dev, dtype, cuda: bool) -> None:
+    res["sdpa_kernels"] = sdpa_probe(dev, dtype) if cuda else "skipped: needs CUDA"
+    pp = [prompt_ids[0], prompt_ids[1][: max(1, len(prompt_ids[1]) // 2)]]
+    pc = [ro.completion_ids[0][0], ro.completion_ids[1][0]]
+    res["padding_probe"] = {"sdpa": padding_probe(model, pp, pc, cfg.rollout.diversity_temperature)}
+    set_attention(model, "eager")
+    try:
+        res["padding_probe"]["eager"] = padding_probe(model, pp, pc, cfg.rollout.diversity_temperature)
+    finally:
+        set_attention(model, "sdpa")
+    print(f"sdpa: {res['sdpa_kernels']}\npadding: {res['padding_probe']}", flush=True)
+
+
+def set_attention(model, impl: str) -> None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "set_attn_implementation"):
+        base.set_attn_implementation(impl)
+    else:
+        base.config._attn_implementation = impl
+
+
 def whole_step(model, tok, cfg, embedder, micro, texts, prompt_ids, opt, params, step: int) -> dict:
-    marks = [("start", timed(lambda: None)[0] * 0 + time.perf_counter())]
+    sync()
+    marks = [("start", time.perf_counter())]
 
     def mark(name):
         sync()
@@ -284,7 +306,7 @@ def setup(shape: str, device, dtype, work: Path):
     emb_dir = bm.write_embedder(work / "minilm", tiny=shape == "tiny")
     cfg = load_config(CONFIG, ["objective.quality=constant", f"objective.diversity_encoder_model={emb_dir}"])
     embedder = load_embedder(str(emb_dir), device=str(device))
-    prep = bm.write_tweets(work / "prepared", 64, bm.SHAPES[shape]["vocab_size"], seed=1)
+    prep = bm.write_tweets(work / "prepared", 160, bm.SHAPES[shape]["vocab_size"], seed=1)
     import json
 
     rows = [json.loads(x) for x in (prep / "train.jsonl").read_text().splitlines()]
@@ -324,6 +346,7 @@ def main(argv=None) -> int:
     res["params"] = counts
     params = [p for p in model.parameters() if p.requires_grad]
     m, n, new = cfg.rollout.max_examples_for_diversity, cfg.rollout.n_generations, cfg.rollout.max_generation_length
+    all_texts = texts
     texts, prompt_ids = texts[:m], [render_prompt(tok, cfg.data, t) for t in texts[:m]]
     elem = torch.empty((), dtype=dtype).element_size()
 
@@ -414,31 +437,36 @@ def main(argv=None) -> int:
 
     # -- SDPA with padding
     if "sdpa" not in skip:
-        res["sdpa_kernels"] = sdpa_probe(dev, dtype) if cuda else "skipped: needs CUDA"
-        pp, pc = [prompt_ids[0], prompt_ids[1][: max(1, len(prompt_ids[1]) // 2)]], [ro.completion_ids[0][0], ro.completion_ids[1][0]]
-        res["padding_probe"] = {"sdpa": padding_probe(model, pp, pc, cfg.rollout.diversity_temperature)}
-        if hasattr(model.get_base_model(), "set_attn_implementation"):
-            model.get_base_model().set_attn_implementation("eager")
-            res["padding_probe"]["eager"] = padding_probe(model, pp, pc, cfg.rollout.diversity_temperature)
-            model.get_base_model().set_attn_implementation("sdpa")
-        print(f"sdpa: {res.get('sdpa_kernels')}\npadding: {res['padding_probe']}", flush=True)
+        try:
+            probes(res, model, prompt_ids, ro, cfg, dev, dtype, cuda)
+        except Exception as exc:  # a probe's failure is its result; the other stages still report
+            res["sdpa_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"sdpa probes failed: {res['sdpa_error']}", flush=True)
 
     # -- evaluation sampling
     if "eval" not in skip:
-        eprompts = [render_prompt(tok, cfg.data, t) for t in (texts * 50)[:50]]
-        ep = SamplingParams(temperature=cfg.eval.temperature, top_p=1.0, top_k=0, max_new_tokens=100, min_new_tokens=100)
-        bs = 512
-        sample(model, tok, eprompts, 10, ep, seed=0, batch_size=bs)  # compile + capture of the 500-row bucket
-        t, out = timed(lambda: sample(model, tok, eprompts, 10, ep, seed=1, batch_size=bs))
-        assert all(len(c.ids) == 100 for r in out for c in r)
-        res["eval"] = {"seconds_50x10": t, "projected_500x10_s": 10 * t, "fast_stats": dict(fastgen.last_stats) if cuda else None}
-        print(f"eval 50 x 10 x 100: {t:.2f} s -> {10 * t:.1f} s per model for 500 x 10", flush=True)
+        eval_stage(res, model, tok, cfg, all_texts, cuda)
 
     summary(res)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         print(f"wrote {atomic_write_json(Path(args.out) / 'step_bench.json', res)}")
     return 0
+
+
+def eval_stage(res: dict, model, tok, cfg, texts, cuda: bool) -> None:
+    from polychromic.generation import fast as fastgen
+
+    if len(texts) < 50:
+        raise ValueError(f"eval needs 50 distinct prompts, got {len(texts)}")
+    eprompts = [render_prompt(tok, cfg.data, t) for t in texts[:50]]
+    ep = SamplingParams(temperature=cfg.eval.temperature, top_p=1.0, top_k=0, max_new_tokens=100, min_new_tokens=100)
+    bs = 512
+    sample(model, tok, eprompts, 10, ep, seed=0, batch_size=bs)  # compile + capture of the 500-row bucket
+    t, out = timed(lambda: sample(model, tok, eprompts, 10, ep, seed=1, batch_size=bs))
+    assert all(len(c.ids) == 100 for r in out for c in r)
+    res["eval"] = {"seconds_50x10": t, "projected_500x10_s": 10 * t, "fast_stats": dict(fastgen.last_stats) if cuda else None}
+    print(f"eval 50 x 10 x 100: {t:.2f} s -> {10 * t:.1f} s per model for 500 x 10", flush=True)
 
 
 def summary(res: dict) -> None:

@@ -52,11 +52,6 @@ from polychromic.training.rollout import generate_rollouts, rollout_seed  # noqa
 LR = 2e-4
 
 
-def set_attention(model, impl: str) -> None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.set_attn_implementation(impl)
-
-
 def ours(args, dev, dtype, work: Path) -> dict:
     model, tok, cfg, embedder, texts = sb.setup(args.shape, dev, dtype, work)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -64,7 +59,7 @@ def ours(args, dev, dtype, work: Path) -> dict:
     m = cfg.rollout.max_examples_for_diversity
     out = {}
     for impl in ("sdpa", "eager"):
-        set_attention(model, impl)
+        sb.set_attention(model, impl)
         times, parts = [], []
         for step in range(args.repeats + 1):
             sel = [(step * m + i) % len(texts) for i in range(m)]
@@ -87,7 +82,7 @@ def ours(args, dev, dtype, work: Path) -> dict:
         med = statistics.median(times)
         out[impl] = {"step_s": med, "steps_s": times, "parts": parts}
         print(f"ours ({impl}): {med:.3f} s per step {times}", flush=True)
-    set_attention(model, "sdpa")
+    sb.set_attention(model, "sdpa")
     from polychromic.generation import fast as fastgen
 
     fastgen.release(model)
@@ -131,7 +126,7 @@ def trl_run(args, dev, dtype, work: Path, continuous: bool) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     base, tok = bm.build_model(args.shape, dev, dtype)
-    set_attention(base, "eager")
+    sb.set_attention(base, "eager")
     texts = [r["prompt"] for r in _rows(work, args.shape)]
     data = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"Generate an engaging Twitter reply to this tweet:\n\n{t}\n\nReply:"}]
                                          for t in texts]})

@@ -266,10 +266,11 @@ def token_logprobs(model, batch: dict, temperature: float, min_new_tokens: int =
 # How many sequences one forward/backward pass takes
 
 _BYTES_PER_TOKEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-BACKWARD_FACTOR = 1.25
+BACKWARD_FACTOR = 1.5
 """The backward's peak over what the forward keeps (activation gradients of a layer, the
-logits' gradient, the log-softmax chunks): measured bytes per token are multiplied by it."""
-RESERVE_FRACTION = 0.06
+logits' gradient, the log-softmax chunks), with margin: an out-of-memory error halfway through a
+backward cannot be retried (some gradients are already accumulated), one more pass costs little."""
+RESERVE_FRACTION = 0.08
 """Share of the GPU's memory a pass leaves free (fragmentation, the optimizer's temporaries)."""
 
 
