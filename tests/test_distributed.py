@@ -117,7 +117,7 @@ def test_two_processes_reproduce_the_single_process_gradient(tmp_path, tiny_mode
 # launcher then stops everything), the run is recorded as failed, and `--resume` ends with the
 # adapter of an uninterrupted 2-process run, bit for bit.
 
-KILL_STEPS, KILL_AFTER = 8, 4
+KILL_STEPS, KILL_AFTER = 6, 4
 EXIT_WITHIN_S = 60
 
 
@@ -158,32 +158,44 @@ def uninterrupted(tiny_model_dir, tmp_path_factory):
     return load_file(str(root / "runs" / "ref" / "seed_42" / "adapter" / "adapter_model.safetensors"))
 
 
-@pytest.mark.parametrize("victim", [1, 0], ids=["rank1_killed", "rank0_killed"])
-def test_killed_process_fails_the_run_in_bounded_time_and_resume_is_bit_identical(tmp_path, tiny_model_dir, uninterrupted, victim):
+def signal_after_checkpoint(cfg: Path, run: Path, victim: int, sig: int, log_path: Path, exit_within: float):
+    """Launch 2 processes, send `sig` to rank `victim` once checkpoint step-KILL_AFTER is complete;
+    return (launcher exit code, seconds from the signal to the other rank's exit, {rank: pid}).
+    A stopped victim is killed once the other rank has exited (the launcher would wait 30 s)."""
     from polychromic.rundir import latest_checkpoint
 
-    cfg = kill_config(tmp_path, tiny_model_dir, "killed")
-    run = tmp_path / "runs" / "killed" / "seed_42"
     env = {**os.environ, "PYTHONPATH": str(REPO_SRC), "OMP_NUM_THREADS": "1"}
-    log_path = tmp_path / "killed.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(launch_cmd(cfg), stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + 240
             while (ck := latest_checkpoint(run)) is None or ck.name != f"step-{KILL_AFTER}":
                 assert proc.poll() is None, f"training exited early: {log_path.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, "no step-4 checkpoint within 240 s"
+                assert time.monotonic() < deadline, f"no step-{KILL_AFTER} checkpoint within 240 s"
                 time.sleep(0.02)
             pids = rank_pids(proc.pid)
             assert sorted(pids) == [0, 1], pids
-            os.kill(pids[victim], signal.SIGKILL)
-            killed_at = time.monotonic()
-            rc = proc.wait(timeout=EXIT_WITHIN_S)
-            took = time.monotonic() - killed_at
+            os.kill(pids[victim], sig)
+            hit_at, other = time.monotonic(), pids[1 - victim]
+            while other in rank_pids(proc.pid).values() and proc.poll() is None:
+                assert time.monotonic() - hit_at < exit_within, f"rank {1 - victim} still runs {exit_within} s after signal {sig} to rank {victim}"
+                time.sleep(0.05)
+            took = time.monotonic() - hit_at
+            if sig == signal.SIGSTOP and proc.poll() is None:
+                os.kill(pids[victim], signal.SIGKILL)
+            return proc.wait(timeout=60), took, pids
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["rank1_killed", "rank0_killed"])
+def test_killed_process_fails_the_run_in_bounded_time_and_resume_is_bit_identical(tmp_path, tiny_model_dir, uninterrupted, victim):
+    cfg = kill_config(tmp_path, tiny_model_dir, "killed")
+    run = tmp_path / "runs" / "killed" / "seed_42"
+    env = {**os.environ, "PYTHONPATH": str(REPO_SRC), "OMP_NUM_THREADS": "1"}
+    rc, took, pids = signal_after_checkpoint(cfg, run, victim, signal.SIGKILL, tmp_path / "killed.log", EXIT_WITHIN_S)
     assert rc != 0 and took < EXIT_WITHIN_S, (rc, took)
     state = read_state(run)
     assert state["status"] == "failed", state
@@ -198,6 +210,8 @@ def test_killed_process_fails_the_run_in_bounded_time_and_resume_is_bit_identica
     # not running; resumable from its checkpoint, the failure in the note
     assert row.split()[2] == "resumable" and f"from step-{KILL_AFTER}; " in row, shown.stdout
 
+    if victim == 1:
+        return  # one resume is enough for the bit-identity; the rank-0 case exercises the survivor's record
     r = subprocess.run(launch_cmd(cfg, "--resume"), capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
     assert read_state(run)["status"] == "done"
@@ -205,3 +219,17 @@ def test_killed_process_fails_the_run_in_bounded_time_and_resume_is_bit_identica
     assert a.keys() == uninterrupted.keys() and a
     for k in a:
         assert torch.equal(a[k], uninterrupted[k]), f"{k} differs from the uninterrupted run after resuming (rank {victim} killed)"
+
+
+def test_hung_process_times_out_the_run(tmp_path, tiny_model_dir):
+    """A process that hangs (SIGSTOP) instead of dying: the other fails its next collective after
+    trainer.collective_timeout_s, records the run failed and exits non-zero (the launcher would then
+    stop the hung one: SIGTERM, and SIGKILL after its 30 s grace)."""
+    timeout = 10
+    cfg = config_file(tmp_path, tiny_model_dir, "hung", objective={"name": "polychromic", "diversity_weight": 1.0, "quality": "relevance"},
+                      trainer={"max_steps": KILL_STEPS, "save_every": 2, "collective_timeout_s": timeout})
+    run = tmp_path / "runs" / "hung" / "seed_42"
+    rc, took, _ = signal_after_checkpoint(cfg, run, 1, signal.SIGSTOP, tmp_path / "hung.log", timeout + EXIT_WITHIN_S)
+    assert rc != 0 and took >= timeout, (rc, took)
+    state = read_state(run)
+    assert state["status"] == "failed" and "timed out" in state["error"].lower(), state

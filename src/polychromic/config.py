@@ -184,6 +184,10 @@ class TrainerConfig:
     on_nonfinite: Literal["skip", "stop"] = "skip"
     """A NaN/inf loss or gradient norm: skip the optimizer step (its state untouched; an alert),
     or stop the run, keeping its last good checkpoint (training/guards.py)."""
+    collective_timeout_s: Optional[float] = None
+    """Seconds a process of a multi-process run waits in a collective (gradient all-reduce,
+    barrier) for the others before it fails; a process that hangs rather than dies stops the
+    run after this. None = torch.distributed's default (NCCL 10 min, gloo 30 min)."""
     grad_norm_alert: float = 20.0
     diversity_floor: float = 0.01
     """Alert when train/diversity_score falls under this."""
@@ -375,6 +379,7 @@ def _invariants(c: Config, failed: Collection[str] = ()) -> list[str]:
     need(t.save_every >= 1, "trainer.save_every: must be >= 1")
     need(t.keep_checkpoints >= 1, "trainer.keep_checkpoints: must be >= 1")
     need(t.log_every >= 1, "trainer.log_every: must be >= 1")
+    need(t.collective_timeout_s is None or t.collective_timeout_s > 0, "trainer.collective_timeout_s: must be > 0 (or null)")
     v = c.eval
     need(len(v.models) >= 1, "eval.models: must list at least one model")
     names = [m.name for m in v.models]

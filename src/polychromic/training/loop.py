@@ -52,9 +52,13 @@ SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with
 
 def train(cfg: Config, resume: bool = False) -> Path:
     """Train `cfg`; return the run directory (final adapter in `<run_dir>/adapter/`)."""
-    from accelerate import Accelerator
+    from datetime import timedelta
 
-    acc = Accelerator(cpu=cfg.trainer.device == "cpu")
+    from accelerate import Accelerator, InitProcessGroupKwargs
+
+    t = cfg.trainer.collective_timeout_s  # bounds the wait for a hung peer (a dead one fails at once)
+    kwargs = [InitProcessGroupKwargs(timeout=timedelta(seconds=t))] if t is not None else []
+    acc = Accelerator(cpu=cfg.trainer.device == "cpu", kwargs_handlers=kwargs)
     if cfg.trainer.device == "cuda":
         pick_device("cuda")  # a clear error when no GPU is visible
     run_dir = cfg.run_dir
