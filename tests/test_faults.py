@@ -443,3 +443,99 @@ def test_nonfinite_weights_are_never_saved(tmp_path, tiny_model_dir, monkeypatch
         train(cfg)
     assert sorted(p.name for p in (cfg.run_dir / "checkpoints").iterdir()) == ["step-1"]
     assert not (cfg.run_dir / "adapter").exists() and read_state(cfg.run_dir)["status"] == "failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# `evaluate` with an adapter it cannot use: a clear error naming the file before anything is
+# generated (the base model, listed first, would otherwise be sampled before the adapter loads).
+
+
+@pytest.fixture(scope="module")
+def eval_inputs(tiny_model_dir, tmp_path_factory):
+    """(prepared data, a good adapter on the tiny model, an adapter on a tiny model with hidden
+    size 32 instead of 64: same module names, other shapes)."""
+    import shutil
+
+    from transformers import AutoConfig, Qwen3ForCausalLM
+
+    from polychromic.config import DataConfig, LoraConfig, ModelConfig
+    from polychromic.data import prepare
+    from polychromic.models import attach_lora, load_base_model
+
+    root = tmp_path_factory.mktemp("bad_adapters")
+    rows = [{"tweet_id": f"t{g}", "tweet": f"Tweet number {g} about coffee", "reply": f"Nice point {g}!"} for g in range(20)]
+    (root / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepared = root / "prepared"
+    prepare(DataConfig(source="jsonl", path=str(root / "raw.jsonl"), prepared_dir=str(prepared), val_fraction=0.1, test_fraction=0.2), seed=0)
+    mc = AutoConfig.from_pretrained(tiny_model_dir)
+    mc.hidden_size, mc.intermediate_size = 32, 64
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(mc).save_pretrained(root / "h32")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, root / "h32" / name)
+    made = {}
+    for name, base in (("good", tiny_model_dir), ("other_base", root / "h32")):
+        model = attach_lora(load_base_model(ModelConfig(path=str(base)), torch.device("cpu")), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+        model.save_pretrained(root / name)
+        made[name] = root / name
+    return prepared, made["good"], made["other_base"]
+
+
+def _broken_adapter(kind: str, tmp_path: Path, good: Path, other_base: Path) -> tuple[Path, str]:
+    """An adapter folder broken in one way, and the text the error must contain."""
+    import shutil
+
+    if kind == "other_base":
+        return other_base, r"does not fit the base model \(its adapter_config.json names base '.*h32'\): .*lora_A: shape \(4, 32\), the base needs \(4, 64\)"
+    d = tmp_path / kind
+    if kind == "from_other_run":  # right shapes, but the run that wrote it trained on another model
+        run = tmp_path / "runs" / "old" / "seed_1"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("model:\n  path: /models/some-other-base\n")
+        (run / "state.json").write_text('{"status": "done"}')
+        d = run / "adapter"
+    shutil.copytree(good, d)
+    w, c = d / "adapter_model.safetensors", d / "adapter_config.json"
+    if kind == "truncated":
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+        return d, rf"{w}: cannot be read \(SafetensorError: .*\); the file is corrupt or truncated"
+    if kind == "garbage":
+        w.write_bytes(b"\x00\xff" * 500)
+        return d, rf"{w}: cannot be read .* corrupt or truncated"
+    if kind == "bad_config":
+        c.write_text('{"peft_type": "LORA", "r": 4,')
+        return d, rf"{c}: not valid JSON"
+    if kind == "nan":
+        from safetensors.torch import save_file
+
+        t = load_file(str(w))
+        t[sorted(t)[0]][0, 0] = float("nan")
+        save_file(t, str(w))
+        return d, rf"{w}: non-finite values in 1 tensor\(s\)"
+    if kind == "from_other_run":
+        return d, r"trained on model.path='/models/some-other-base' gguf_file=None \(.*config.yaml\), but this config loads model.path="
+    raise AssertionError(kind)
+
+
+BAD_ADAPTERS = ["truncated", "garbage", "bad_config", "nan", "other_base", "from_other_run"]
+
+
+@pytest.mark.parametrize("kind", BAD_ADAPTERS)
+def test_evaluate_refuses_a_bad_adapter_before_any_generation(tmp_path, tiny_model_dir, eval_inputs, monkeypatch, kind):
+    from polychromic import generation
+    from polychromic.config import config_from_dict
+    from polychromic.evaluation import evaluate
+    from polychromic.models import AdapterError
+
+    prepared, good, other_base = eval_inputs
+    adapter, expected = _broken_adapter(kind, tmp_path, good, other_base)
+    calls = []
+    monkeypatch.setattr(generation, "sample", lambda *a, **k: calls.append(a) or pytest.fail("generated before the adapter check"))
+    out = tmp_path / "eval"
+    cfg = config_from_dict({"model": {"path": str(tiny_model_dir), "dtype": "float32"}, "data": {"prepared_dir": str(prepared)},
+                            "trainer": {"device": "cpu"},
+                            "eval": {"models": [{"name": "base"}, {"name": "lora", "adapter": str(adapter)}], "k": 2, "max_prompts": 2,
+                                     "max_new_tokens": 4, "output_dir": str(out)}})
+    with pytest.raises(AdapterError, match=r"^eval.models\[lora\].adapter .*" + expected):
+        evaluate(cfg)
+    assert calls == [] and not (out / "samples.jsonl").exists()

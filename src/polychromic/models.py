@@ -26,14 +26,20 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from polychromic.adapters import (  # noqa: F401 - ModelNotFoundError and AdapterError are part of this module's API
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    AdapterError,
+    ModelNotFoundError,
+    check_adapter,
+    lora_fit_problems,
+    run_config_of,
+    same_model_path,
+)
 from polychromic.config import EMBEDDED_E5, EMBEDDED_EMBEDDER, EMBEDDED_MODEL, LoraConfig, ModelConfig
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-
-
-class ModelNotFoundError(FileNotFoundError):
-    pass
 
 
 def cache_root() -> Path:
@@ -208,20 +214,17 @@ def attach_lora(model, cfg: LoraConfig, gradient_checkpointing: bool = False):
     return get_peft_model(model, pcfg)
 
 
-def load_adapter(model, adapter_dir: str | Path, name: str = "default", trainable: bool = False):
+def load_adapter(model, adapter_dir: str | Path, name: str = "default", trainable: bool = False, what: str = "adapter"):
+    """`model` with the PEFT adapter of `adapter_dir` attached, after `check_adapter` (so a
+    corrupt file or an adapter of another base model is a clear error, not a deep PEFT one)."""
     from peft import PeftModel
 
-    p = Path(adapter_dir)
-    if not (p / "adapter_config.json").is_file():
-        raise ModelNotFoundError(f"adapter {adapter_dir!r}: no adapter_config.json (expected a PEFT adapter folder)")
-    return PeftModel.from_pretrained(model, p, adapter_name=name, is_trainable=trainable)
+    check_adapter(model, adapter_dir, what)
+    return PeftModel.from_pretrained(model, Path(adapter_dir).expanduser(), adapter_name=name, is_trainable=trainable)
 
 
 # ---------------------------------------------------------------------------------------------
 # Two-stage training: merging an SFT adapter into the base, and stacking the two stages.
-
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-
 
 def read_lora_adapter(adapter_dir: str | Path, what: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """(adapter_config, {"<module>.lora_A" / "<module>.lora_B": tensor}) of a plain PEFT LoRA
@@ -269,23 +272,6 @@ def lora_scaling(conf: dict) -> float:
     return alpha / (r**0.5) if conf.get("use_rslora") else alpha / r
 
 
-def _run_config_of(adapter_dir: Path) -> Path | None:
-    """The config.yaml of the run that wrote this adapter (`<run>/adapter` or
-    `<run>/checkpoints/step-N/adapter`), if it is one of ours."""
-    d = adapter_dir.resolve()
-    for run in (d.parent, d.parents[2] if len(d.parents) > 2 else None):
-        if run is not None and (run / "config.yaml").is_file() and (run / "state.json").is_file():
-            return run / "config.yaml"
-    return None
-
-
-def _same_model_path(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-
-
 def check_init_adapter(model, cfg: ModelConfig) -> tuple[dict, dict[str, torch.Tensor]]:
     """Refuse an init_adapter that was not trained on this base: the run that wrote it (when it is
     one of ours) must name the same model.path / gguf_file and no init_adapter of its own, and
@@ -294,10 +280,10 @@ def check_init_adapter(model, cfg: ModelConfig) -> tuple[dict, dict[str, torch.T
 
     path = Path(cfg.init_adapter).expanduser()
     conf, tensors = read_lora_adapter(path, "model.init_adapter")
-    run_cfg = _run_config_of(path)
+    run_cfg = run_config_of(path)
     if run_cfg is not None:
         theirs = (yaml.safe_load(run_cfg.read_text(encoding="utf-8")) or {}).get("model") or {}
-        if not _same_model_path(str(theirs.get("path")), cfg.path) or theirs.get("gguf_file") != cfg.gguf_file:
+        if not same_model_path(str(theirs.get("path")), cfg.path) or theirs.get("gguf_file") != cfg.gguf_file:
             raise ValueError(
                 f"model.init_adapter {cfg.init_adapter!r} was trained on model.path={theirs.get('path')!r} "
                 f"gguf_file={theirs.get('gguf_file')!r} ({run_cfg}), but this config loads model.path={cfg.path!r} "
@@ -308,17 +294,9 @@ def check_init_adapter(model, cfg: ModelConfig) -> tuple[dict, dict[str, torch.T
                 f"model.init_adapter {cfg.init_adapter!r} was itself trained on top of {theirs['init_adapter']!r} "
                 f"({run_cfg}); chains of merged adapters are not supported: merge from its run's adapter_stacked/ instead"
             )
-    modules = dict(model.named_modules())
-    bad = []
-    for key, t in tensors.items():
-        mod, kind = key.rsplit(".lora_", 1)
-        m = modules.get(mod)
-        if not isinstance(m, torch.nn.Linear):
-            bad.append(f"{mod}: {'not in the base model' if m is None else f'a {type(m).__name__}, not a Linear'}")
-            continue
-        want = (conf["r"], m.in_features) if kind == "A" else (m.out_features, conf["r"])
-        if tuple(t.shape) != want:
-            bad.append(f"{mod}.lora_{kind}: shape {tuple(t.shape)}, the base needs {want}")
+    bad = lora_fit_problems(model, tensors)
+    bad += [f"{k}: rank {t.shape[0 if k.endswith('A') else 1]}, adapter_config.json says r={conf['r']}"
+            for k, t in sorted(tensors.items()) if t.shape[0 if k.endswith("A") else 1] != conf["r"]]
     if bad:
         raise ValueError(f"model.init_adapter {cfg.init_adapter!r} does not fit the base model {cfg.path!r}: " + "; ".join(bad[:4])
                          + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""))

@@ -230,13 +230,16 @@ def generate(cfg: Config, out: Path, prompts: list[dict]) -> int:
     from tqdm.auto import tqdm
 
     from polychromic.data import render_prompt
-    from polychromic.models import load_adapter, load_base_model, load_tokenizer, pick_device
+    from polychromic.models import check_adapter, load_adapter, load_base_model, load_tokenizer, pick_device
 
     samples_todo, nll_todo = _todo(cfg, out, prompts)
     if not any(samples_todo.values()) and not any(nll_todo.values()):
         return 0
     tokenizer = load_tokenizer(cfg.model)
     base = load_base_model(cfg.model, pick_device(cfg.trainer.device))
+    for m in cfg.eval.models:  # every adapter is checked against the base before anything is generated
+        if m.adapter is not None and (samples_todo[m.name] or nll_todo[m.name]):
+            check_adapter(base, m.adapter, f"eval.models[{m.name}].adapter", cfg.model)
     ids = [render_prompt(tokenizer, cfg.data, p["prompt"]) for p in prompts]
     size = max(1, cfg.eval.batch_size // cfg.eval.k)
     done = 0
