@@ -539,3 +539,48 @@ def test_evaluate_refuses_a_bad_adapter_before_any_generation(tmp_path, tiny_mod
     with pytest.raises(AdapterError, match=r"^eval.models\[lora\].adapter .*" + expected):
         evaluate(cfg)
     assert calls == [] and not (out / "samples.jsonl").exists()
+
+
+def test_full_disk_while_appending_samples_then_rerun(tmp_path, tiny_model_dir, eval_inputs):
+    """ENOSPC in the middle of evaluation's samples.jsonl: the error names it, the file keeps
+    whole rows only, and the rerun (space again) ends byte-identical to an uninterrupted run."""
+    from polychromic.config import config_from_dict
+    from polychromic.evaluation import evaluate
+
+    prepared, _, _ = eval_inputs
+
+    def cfg(out):  # 4 prompts, 2 per generate call: samples.jsonl is appended to twice
+        return config_from_dict({"model": {"path": str(tiny_model_dir), "dtype": "float32"}, "data": {"prepared_dir": str(prepared)},
+                                 "trainer": {"device": "cpu"},
+                                 "eval": {"models": [{"name": "base"}], "k": 2, "max_prompts": 4, "batch_size": 4,
+                                          "max_new_tokens": 4, "output_dir": str(out)}})
+
+    ref = evaluate(cfg(tmp_path / "ref")) / "samples.jsonl"
+    out = tmp_path / "full"
+    samples = out / "samples.jsonl"
+    with full_disk(samples, room=ref.stat().st_size // 2), pytest.raises(io.DiskFullError) as e:
+        evaluate(cfg(out))
+    assert str(e.value).startswith(f"{samples}: no space left on the device: the write needs about ")
+    kept = samples.read_bytes()
+    assert kept and kept.endswith(b"\n") and ref.read_bytes().startswith(kept)  # the first call's rows, whole
+    assert 0 < len(kept) < ref.stat().st_size
+    evaluate(cfg(out))
+    assert samples.read_bytes() == ref.read_bytes()
+
+
+def test_sigterm_records_the_run_as_failed(tmp_path):
+    from polychromic.config import config_from_dict
+    from polychromic.training.monitor import Monitor, Terminated
+
+    cfg = config_from_dict({"experiment": "term", "runs_dir": str(tmp_path / "runs")})
+    run_dir = cfg.run_dir
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        with Monitor(run_dir, cfg, total_steps=3) as mon:
+            mon.log(1, {"train/quality_loss": 1.0})
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+            pytest.fail("SIGTERM did not interrupt the run")
+    state = read_state(run_dir)
+    assert state["status"] == "failed" and state["error"].startswith("Terminated: terminated by SIGTERM")
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored
