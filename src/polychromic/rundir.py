@@ -4,7 +4,10 @@ Layout (docs/architecture.md):
     config.yaml        the resolved config (config.to_yaml), rewritten on every (re)start
     env.json           git sha, package versions, device, host, command line (no env variables)
     state.json         status running|done|failed, step, total_steps, started_at, updated_at,
-                       eta_seconds, pid, hostname, error; merged atomically by `write_state`
+                       eta_seconds, pid, hostname, error, last_checkpoint, trackers (run ids),
+                       trackers_dropped (trackers that failed and were dropped: tracker, when,
+                       step, error, time); merged atomically by `write_state`. Only the main
+                       process writes it, except when the main process died (monitor.py).
     metrics.jsonl      one row per logged step (monitor.Monitor)
     alerts.jsonl       red flags (monitor.Monitor)
     checkpoints/step-N/  written by the trainer; complete once it holds the `COMPLETE` marker
