@@ -227,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--score", action="store_true", help="score the folder afterwards (needs the embedder)")
     im.set_defaults(func=cmd_import_samples)
 
-    qs = sub.add_parser("quickstart", help="end to end on the embedded default: data, train x2, evaluate, report")
-    qs.add_argument("--workdir", default="quickstart")
+    qs = sub.add_parser("quickstart", help="a small experiment on the embedded default end to end, then the full-size result")
+    qs.add_argument("--workdir", default="quickstart", help="output folder (default ./quickstart)")
     qs.add_argument("--fast", action="store_true", help="smallest sizes (for tests)")
     qs.set_defaults(func=cmd_quickstart)
 

@@ -1,67 +1,93 @@
-"""The main job on the embedded default: prepare the chatterbot dialogs, train the LoRA SFT
-baseline and a polychromic variant of SmolLM2-135M-Instruct, evaluate base + both adapters with
-k samples per held-out prompt, and write the report. Sized for a 2-core CPU (minutes).
+"""The main job: a small experiment on the embedded default, then the full-size result.
 
-Everything lands under `workdir` (data/, runs/, eval/); a rerun resumes: finished runs are
-skipped and cached samples are not regenerated.
+On a CPU it runs the shipped `quickstart` experiment (SmolLM2-135M-Instruct, the chatterbot dialogs,
+LoRA SFT against the polychromic objective, one seed, a few prompts, the baseline at two
+temperatures): every stage of the workflow in minutes, with a report that says it is too small to
+detect the target effect. With a GPU it runs the shipped result's recipe (the `calibration` spec:
+the dialog experiment's arms on the validation split, so the result's test prompts stay unseen) at
+one seed for the SFT baseline and the moderate arm, which shows the real effect.
+
+It ends by writing the full-size result's report, rendered from the committed files of that result
+(`polychromic/resources/results/`; no weights), next to the demo's, and says where both are.
+Everything lands under `workdir`; a rerun resumes (finished trainings and evaluations are skipped).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
 
-from polychromic.config import Config, load_config
-from polychromic.data import prepare
-from polychromic.evaluation.run import evaluate
-from polychromic.report import report
-from polychromic.rundir import read_state, run_dir_for
-from polychromic.training.loop import train
+from polychromic import resources
+from polychromic.experiment.runner import run
+from polychromic.config import read_yaml_tree
+from polychromic.experiment.spec import ExperimentSpec, spec_from_dict
 
+CPU_SPEC = "quickstart"
+GPU_SPEC = "calibration"
+GPU_ARMS = ("sft", "polychromic_moderate")
+FULL_RESULT = "dialog"
+"""The committed full-size result shown at the end (resources/results/<name>/)."""
 
-# --fast: the smallest sizes that still exercise every stage (tests).
-FAST = ["trainer.max_steps=3", "trainer.save_every=2", "eval.max_prompts=4", "eval.k=3", "eval.max_new_tokens=12",
-        "rollout.max_generation_length=12", "eval.bootstrap_resamples=200"]
+# --fast: the smallest sizes that still run every stage (tests).
+FAST_TRAIN = {"trainer.max_steps": 3, "trainer.save_every": 2, "rollout.max_generation_length": 12}
+FAST_EVAL = {"max_prompts": 4, "k": 3}
+FAST_EVAL_CONFIG = {"eval.max_new_tokens": 12}
 
 
 def _say(msg: str) -> None:
     print(f"[quickstart {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def demo_configs(workdir: str | Path, fast: bool = False) -> tuple[Config, Config, Config]:
-    """(baseline, polychromic, evaluation) configs, with every path under `workdir`."""
-    w = Path(workdir).resolve()
-    common = [f"runs_dir={w / 'runs'}", f"data.prepared_dir={w / 'data'}", f"eval.output_dir={w / 'eval'}"] + (FAST if fast else [])
-    base = load_config("demo/baseline", common)
-    poly = load_config("demo/polychromic", common)
-    # lambda = 1.0 is the prior "moderate" variant: the name gives the report's decision tree its role.
-    models = (
-        "[{name: base}, "
-        f"{{name: sft_baseline, adapter: '{run_dir_for(base) / 'adapter'}'}}, "
-        f"{{name: polychromic_moderate, adapter: '{run_dir_for(poly) / 'adapter'}'}}]"
-    )
-    ev = load_config("demo/baseline", common + [f"eval.models={models}", "eval.baseline=sft_baseline", "experiment=demo_eval"])
-    return base, poly, ev
+def _gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
-def quickstart(workdir: str | Path = "quickstart", fast: bool = False) -> Path:
+def quickstart_spec(workdir: str | Path, fast: bool = False, gpu: bool = False) -> ExperimentSpec:
+    """The spec the main job runs, with every output under `workdir`."""
+    path = resources.resolve(GPU_SPEC if gpu else CPU_SPEC, "experiments")
+    data = read_yaml_tree(path)
+    data["output_dir"] = str(Path(workdir).resolve())
+    if gpu:  # one seed of the baseline and the moderate arm; targets on those two only
+        data["seeds"] = [0]
+        data["arms"] = [a for a in data["arms"] if a["name"] in GPU_ARMS]
+        data["targets"] = [t for t in data.get("targets", []) if t["arm"] in GPU_ARMS]
+        data["monotone"], data["identical"] = [], []
+    if fast:
+        data["overrides"] = {**data.get("overrides", {}), **FAST_TRAIN}
+        ev = data.setdefault("eval", {})
+        ev.update(FAST_EVAL)
+        ev["overrides"] = {**ev.get("overrides", {}), **FAST_EVAL_CONFIG}
+        data["stats"] = {**data.get("stats", {}), "resamples": 200}
+    return spec_from_dict(data, str(path))
+
+
+def write_full_result(workdir: str | Path) -> Path:
+    """Copy the committed full-size result's report and figures into `workdir/full_result/`."""
+    src = resources.ROOT / "results" / FULL_RESULT
+    if not (src / "report.md").is_file():
+        raise FileNotFoundError(f"{src}/report.md is missing from the package: reinstall polychromic")
+    out = Path(workdir) / "full_result"
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src, out)
+    return out / "report.md"
+
+
+def quickstart(workdir: str | Path = "quickstart", fast: bool = False, gpu: bool | None = None) -> Path:
     t0 = time.time()
-    base, poly, ev = demo_configs(workdir, fast)
-    _say("1/4 preparing the chatterbot-corpus dialogs (grouped, leak-free splits)")
-    manifest = prepare(base.data, seed=base.seed)
-    _say(f"    {manifest['rows']}")
-    for i, cfg in enumerate((base, poly), start=2):
-        state = read_state(run_dir_for(cfg)) if (run_dir_for(cfg) / "state.json").is_file() else {}
-        if state.get("status") == "done":
-            _say(f"{i}/4 {cfg.experiment}: already trained, skipping ({run_dir_for(cfg)})")
-            continue
-        _say(f"{i}/4 training {cfg.experiment} (objective {cfg.objective.name}, lambda {cfg.objective.diversity_weight})")
-        train(cfg, resume=bool(state))
-    _say(f"4/4 evaluating {[m.name for m in ev.eval.models]} with k={ev.eval.k} samples on {ev.eval.max_prompts} held-out prompts")
-    eval_dir = evaluate(ev)
-    paths = report(eval_dir)
-    for p in paths:
-        _say(f"wrote {p}")
-    _say(f"done in {time.time() - t0:.0f} s; open {eval_dir / 'report.html'}")
-    return eval_dir
+    gpu = _gpu() if gpu is None else gpu
+    spec = quickstart_spec(workdir, fast=fast, gpu=gpu)
+    what = f"the result's recipe at one seed ({', '.join(GPU_ARMS)}) on the validation split" if gpu else \
+        f"the `{CPU_SPEC}` experiment (CPU-sized: too small to detect the target effect)"
+    _say(f"running {what}; everything goes to {spec.out}")
+    paths = run(spec)
+    html = next((p for p in paths if p.suffix == ".html"), paths[0])
+    full = write_full_result(workdir)
+    _say(f"done in {time.time() - t0:.0f} s")
+    _say(f"this run's report:      {html}")
+    _say(f"the full-size result:   {full} (3 seeds, 108 test prompts; docs/results.md)")
+    return html
