@@ -56,13 +56,13 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from polychromic.config import Config, ConfigError, config_from_dict, load_config, to_dict
+from polychromic.generation.params import eos_ids as model_eos_ids
 from polychromic.rewards import needs_embedder
 from polychromic.training.objectives.polychromic import advantages, score_rollouts
 
@@ -110,19 +110,16 @@ def finished_flags(completion_ids: Sequence[Sequence[int]], eos_token_ids: Seque
 
 
 def eos_ids(tokenizer=None, model=None, eos_token_ids: Sequence[int] | None = None) -> list[int]:
-    """The EOS ids: explicit ones, else the tokenizer's eos_token_id plus the model's
-    generation_config.eos_token_id (what GRPOTrainer stops generation on)."""
+    """The EOS ids: explicit ones, else the tokenizer's eos_token_id plus, with `model`, its
+    generation_config.eos_token_id (generation.params.eos_ids: what GRPOTrainer stops on too)."""
     if eos_token_ids is not None:
         ids = sorted({int(t) for t in eos_token_ids})
+    elif tokenizer is not None and model is not None:
+        ids = model_eos_ids(model, tokenizer)
+    elif tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids = [int(tokenizer.eos_token_id)]
     else:
-        ids_set: set[int] = set()
-        sources = [getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
-        for src in sources:
-            if isinstance(src, int):
-                ids_set.add(src)
-            elif isinstance(src, (list, tuple)):
-                ids_set.update(int(x) for x in src)
-        ids = sorted(ids_set)
+        ids = []
     if not ids:
         raise ValueError("PolychromicReward: no EOS token id; pass tokenizer= (and model=) or eos_token_ids= "
                          "(the quality guard needs to tell finished completions from truncated ones)")
@@ -220,7 +217,7 @@ class PolychromicReward:
         self.eos_token_ids = eos_ids(tokenizer, model, eos_token_ids)
         self._embedder = embedder
         self.relevance_column = relevance_column
-        self._calls: dict[int, int] = defaultdict(int)
+        self._step_calls = (-1, 0)  # (optimizer step, reward calls made at it)
         self.__name__ = REWARD_NAME
 
     @classmethod
@@ -352,8 +349,8 @@ class PolychromicReward:
         if not (len(prompts) == len(completions) == len(completion_ids)):
             raise ValueError(f"PolychromicReward: {len(prompts)} prompts, {len(completions)} completions, {len(completion_ids)} id lists")
         step = int(getattr(trainer_state, "global_step", 0) or 0)
-        call = self._calls[step]
-        self._calls[step] += 1
+        call = self._step_calls[1] if self._step_calls[0] == step else 0
+        self._step_calls = (step, call + 1)
         rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, step, call]))
         local = (list(prompts), list(completions), [list(map(int, x)) for x in completion_ids], self._relevance_prompts(kwargs, len(prompts)))
         dist = _dist()
