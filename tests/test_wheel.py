@@ -71,5 +71,5 @@ def test_commands_run_from_an_empty_directory(installed):
     assert "OK" in ok.stdout
     work = installed["cwd"] / "qs"
     _run([cli, "quickstart", "--fast", "--workdir", str(work)], cwd=installed["cwd"], env=installed["env"], timeout=900)
-    assert (work / "eval" / "report.html").is_file()
+    assert (work / "report" / "report.html").is_file() and (work / "full_result" / "report.md").is_file()
     assert sorted(p.name for p in installed["cwd"].iterdir()) == ["qs"]  # nothing written beside the named folder
