@@ -255,6 +255,12 @@ def test_from_config_takes_our_objective_and_rollout_settings(tok):
     assert (s["max_completion_length"], s["temperature"]) == (cfg.rollout.max_generation_length, cfg.rollout.diversity_temperature)
     assert (s["beta"], s["use_bias_correction_kl"], s["loss_type"], s["scale_rewards"]) == (0.1, True, "dr_grpo", "none")
 
+    from trl import GRPOConfig
+
+    k3_kl = GRPOConfig(output_dir="unused", use_cpu=True, per_device_train_batch_size=reward.num_generations, report_to=[],
+                       **{**s, "use_bias_correction_kl": False})
+    assert any("use_bias_correction_kl=False" in p and "'k2'" in p for p in reward.problems(k3_kl)[1])
+
 
 # --- processes ---------------------------------------------------------------------------------
 
