@@ -164,9 +164,11 @@ def test_plan_json_lists_every_run_and_evaluation(tmp_path, tiny_model_dir):
     assert all(x["eval_dir"] == f"out/eval/T{x['temperature']:g}" for x in evals)
     text = cli(["experiment", "plan", "spec.yaml"], tmp_path, timeout=120).stdout
     assert text.count("\ntrain ") == 4 and text.count("\nevaluate ") == 6 and "[start]" in text
+    bad = cli(["experiment", "plan", "resutl"], tmp_path, timeout=120)
+    assert bad.returncode == 2 and "no shipped experiment of that name; did you mean result" in bad.stderr
 
 
-def test_shipped_specs_plan():
+def test_shipped_specs_plan(tmp_path):
     spec = load_spec("result")
     rows = plan_rows(make_plan(spec))
     seeds = lambda role, strength=None: {r["seed"] for r in rows if r["stage"] == "train" and r["role"] == role  # noqa: E731
@@ -179,6 +181,10 @@ def test_shipped_specs_plan():
     assert {x["role"] for x in json.loads(r.stdout)} == {"baseline", "prior", "variant"}
     cal = load_spec("calibration")
     assert cal.eval.split == "val" and cal.split_seed == spec.split_seed
+    r = cli(["experiment", "copy", "calibration", str(tmp_path / "mine.yaml")], tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "polychromic experiment copy" in (tmp_path / "mine.yaml").read_text()
+    assert plan_rows(make_plan(load_spec(tmp_path / "mine.yaml"))) == plan_rows(make_plan(cal))
     quick = load_spec("quickstart")
     assert len(quick.seeds) == 1 and len(quick.baseline_temperatures) == 2 and [a.role for a in quick.arms] == ["baseline", "variant"]
 
@@ -297,8 +303,9 @@ def test_rerun_skips_everything_and_report_needs_no_torch(reference):
     assert final_files(out) == before
     # `report` from the folder alone, with torch made unimportable
     (out / "report" / "report.md").unlink()
-    code = ("import sys; sys.modules['torch'] = None; from polychromic import cli; "
-            f"sys.exit(cli.main(['experiment', 'report', {str(out)!r}]))")
+    code = ("import sys; from polychromic import cli; rc = cli.main(['experiment', 'report', " + repr(str(out)) + "]); "
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'sentence_transformers') if m in sys.modules]; "
+            "assert not heavy, heavy; sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code], cwd=root, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert final_files(out) == before
@@ -385,7 +392,7 @@ def _res(same: tuple, matched: tuple, arm: str = "poly") -> dict:
     mg, mhw = matched
     view = {"gain": g, "gain_ci": [g - hw, g + hw], "gain_half_width": hw, "gain_mde": 1.4 * hw}
     x = {"status": "inside", "relative_gain": mg, "relative_ci": [mg - mhw, mg + mhw], "relative_half_width": mhw,
-         "mde": 1.4 * mhw * 0.8, "matched": 0.8, "temperature": 0.9, "ci_note": None}
+         "mde_relative": 1.4 * mhw, "matched": 0.8, "temperature": 0.9, "ci_note": None}
     return {"comparisons": {"0.7": {arm: {"distinct_2": {"view": view, "verdict_view": "two_level"}}}},
             "frontier": {arm: {"0.7": {"relevance": {"distinct_2": {"status": "ok", "method": "two-level", "diversity_at_matched_quality": x}}}}},
             "means": {}}
@@ -450,3 +457,19 @@ def test_targets_on_known_numbers(tiny_spec, target, same, status):
     t = judge_target(TargetSpec(arm="poly", **target), _res(same, (0.18, 0.04)), tiny_spec,
                      {**MARKS, "distinct_2": {"trained_on": True}})
     assert t["trained_on"] is True
+
+
+def test_one_seed_is_too_small_for_a_claim_about_the_recipe(tiny_spec):
+    from polychromic.experiment.spec import TargetSpec
+    from polychromic.experiment.targets import judge_target, verdict
+
+    tiny_spec.seeds = [0]
+    tiny_spec.eval.matched_metrics = ["relevance"]
+    res = _res((0.40, 0.01), (0.40, 0.01))  # a large, certain gain at the prompt level
+    t = judge_target(TargetSpec(arm="poly", metric="distinct_2", min_gain=0.15), res, tiny_spec, MARKS)
+    assert t["status"] == "underpowered" and "1 seed per arm" in t["reason"]
+    v = verdict(tiny_spec, res, MARKS)
+    assert v["status"] == "underpowered" and "too small to detect" in v["reason"] and "minimum detectable effect" in v["reason"]
+    tiny_spec.stats.verdict = "pooled"  # a claim about these adapters only
+    assert judge_target(TargetSpec(arm="poly", metric="distinct_2", min_gain=0.15), res, tiny_spec, MARKS)["status"] == "met"
+    assert verdict(tiny_spec, res, MARKS)["status"] == "workshop"

@@ -145,6 +145,13 @@ def cmd_experiment_list(args) -> int:
     return 0
 
 
+def cmd_experiment_copy(args) -> int:
+    from polychromic.config import copy_shipped
+
+    print(f"wrote {copy_shipped(args.name, args.dest, kind='experiments')}")
+    return 0
+
+
 def cmd_preflight(args) -> int:
     from polychromic.training.preflight import preflight
 
@@ -250,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--retries", type=int, default=1, help="resume a failed training this many times")
     with_spec("report", cmd_experiment_report, "write results.json, report.md, report.html from the experiment's files")
     esub.add_parser("list", help="the shipped experiment specs").set_defaults(func=cmd_experiment_list)
+    ec = esub.add_parser("copy", help="write a shipped spec to DEST, its extends: merged in")
+    ec.add_argument("name")
+    ec.add_argument("dest")
+    ec.set_defaults(func=cmd_experiment_copy)
 
     pf = with_config("preflight", cmd_preflight, "check model, data, GPU, disk, trackers; estimate time and cost")
     pf.add_argument("--measure", action="store_true", help="time a short warm-up instead of using benchmark numbers")

@@ -645,7 +645,8 @@ def copy_shipped(name: str, dest: str | Path, kind: str = "configs") -> Path:
     if out.exists():
         raise ConfigError([f"{out}: exists; remove it or choose another destination"])
     body = yaml.safe_dump(read_yaml_tree(src), sort_keys=False, allow_unicode=True)
-    text = f"# Copied from the shipped {kind[:-1]} {name!r} (polychromic {kind} copy), extends: merged in.\n" + body
+    command = {"configs": "configs copy", "experiments": "experiment copy"}[kind]
+    text = f"# Copied from the shipped {kind[:-1]} {name!r} (polychromic {command}), extends: merged in.\n" + body
     atomic_write_text(out, text)
     return out
 

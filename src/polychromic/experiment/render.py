@@ -185,7 +185,8 @@ def view(spec: ExperimentSpec, res: dict) -> dict:
         sections.append(f)
     sections += _means_section(spec, res)
     return {"title": f"Experiment {spec.name}", "description": spec.description, "setup": setup, "sections": sections,
-            "reproduce": [f"polychromic experiment run {spec.source or spec.name}", f"polychromic experiment report {spec.out}"]}
+            # the spec as it was given: the same lines however and wherever the report is rendered
+            "reproduce": [f"polychromic experiment {c} {spec.source or spec.name}" for c in ("run", "report")]}
 
 
 def _env() -> jinja2.Environment:

@@ -174,10 +174,7 @@ def frontier(data: ExperimentData, arm: str, t: float, quality: str, diversity: 
                                diversity_higher_is_better=metric_info(diversity).higher_is_better,
                                two_level=sp.stats.verdict == "two_level")
     for axis in ("diversity_at_matched_quality", "quality_at_matched_diversity"):
-        x = r[axis]
-        ci = x.get("relative_ci")
-        x["relative_half_width"] = None if ci is None else (ci[1] - ci[0]) / 2
-        x["reading"] = _reading(x)
+        r[axis]["reading"] = _reading(r[axis])
     r["status"] = "ok"
     return r
 

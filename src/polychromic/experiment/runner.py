@@ -117,6 +117,9 @@ def _env(parallel: int) -> dict:
     src = str(Path(polychromic.__file__).resolve().parents[1])  # the code this process runs
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Fixed string hashing: PEFT writes adapter_config.json's target_modules from a set, whose
+    # order would otherwise change from process to process (the same adapter, other bytes).
+    env.setdefault("PYTHONHASHSEED", "0")
     # cuBLAS is bit-reproducible run to run with a fixed workspace (the identical-adapter checks).
     env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if parallel > 1:

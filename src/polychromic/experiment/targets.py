@@ -7,6 +7,8 @@ temperature. A target is
   against (min_gain, or max_drop when > 0): such a design could not tell a gain of that size from
   none, so no verdict is given and the minimum detectable effect is shown instead;
 - marked trained-on when its metric is (heldout.py): shown, never counted in the verdict.
+With one seed per arm the two-level view has no seed variation to resample: every target, and
+the verdict, is then underpowered (the training recipe's spread is unknown), whatever the CI.
 
 The verdict: the prior decision tree (stats.decision_tree: aggressive > 25% -> main track, moderate
 > 15% -> workshop, either > 8% -> preprint) on the declared strengths, fed with the held-out,
@@ -28,6 +30,13 @@ from polychromic.experiment.spec import ExperimentSpec, TargetSpec, model_name, 
 from polychromic.metrics import metric_info, stats
 
 ADAPTER_FILE = "adapter_model.safetensors"
+MIN_SEEDS = 2
+"""Seeds per arm below which the two-level view cannot see the training recipe's seed variation."""
+
+
+def one_seed(spec: ExperimentSpec) -> str:
+    return (f"{len(spec.seeds)} seed per arm: the seed-to-seed variation of the training recipe cannot be estimated "
+            f"(at least {MIN_SEEDS} seeds, or stats.verdict: pooled for a claim about these adapters only)")
 
 
 def pct(x: Optional[float]) -> str:
@@ -53,8 +62,7 @@ def _target_value(t: TargetSpec, res: dict, temperature: float) -> dict:
     x = f["diversity_at_matched_quality"]
     if x["status"] != "inside":
         return {"error": x.get("note") or "outside the baseline's curve"}
-    mde = None if x.get("mde") is None or not x.get("matched") else x["mde"] / abs(x["matched"])
-    return {"gain": x["relative_gain"], "ci": x.get("relative_ci"), "half_width": x.get("relative_half_width"), "mde": mde,
+    return {"gain": x["relative_gain"], "ci": x.get("relative_ci"), "half_width": x.get("relative_half_width"), "mde": x.get("mde_relative"),
             "view": f["method"], "source": f"{t.metric} at T = {key} vs the baseline's curve at matched {t.matched} "
                                           f"(baseline T ~ {x['temperature']:.3g})", "ci_note": x.get("ci_note")}
 
@@ -88,6 +96,9 @@ def judge_target(t: TargetSpec, res: dict, spec: ExperimentSpec, marks: dict) ->
         excl = ci[0] > 0
         ok = ok and excl
         rule += f"; CI [{pct(ci[0])}, {pct(ci[1])}] {'excludes' if excl else 'contains'} 0"
+    if spec.stats.verdict == "two_level" and len(spec.seeds) < MIN_SEEDS:
+        return {**out, "status": "underpowered", "reason": f"too small to detect: {one_seed(spec)} ({rule}; minimum detectable "
+                                                           f"effect at the prompt level alone {pct(v.get('mde'))})"}
     if threshold and hw is not None and hw > threshold:
         mde = f"; minimum detectable effect {pct(v.get('mde'))}" if v.get("mde") is not None else ""
         return {**out, "status": "underpowered",
@@ -169,7 +180,7 @@ def verdict_gain(spec: ExperimentSpec, res: dict, arm: str, marks: dict) -> dict
         cands.append((x["relative_gain"], q, x))
     g, q, x = min(cands, key=lambda c: c[0])
     return {"gain": g, "metric": div, "matched": q, "half_width": x.get("relative_half_width"),
-            "ci": x.get("relative_ci"), "mde": None if x.get("mde") is None else x["mde"] / abs(x["matched"]),
+            "ci": x.get("relative_ci"), "mde": x.get("mde_relative"),
             "reason": f"{div} at matched {q} (the smallest of {', '.join(quals)})"}
 
 
@@ -199,6 +210,11 @@ def verdict(spec: ExperimentSpec, res: dict, marks: dict) -> dict:
     for a in variants:
         gains[a.name]["same_decoding"] = _same_decoding(spec, res, a.name, div)
     judged = [a for a in variants if a.strength in ("moderate", "aggressive")]
+    if spec.stats.verdict == "two_level" and len(spec.seeds) < MIN_SEEDS and judged:
+        g = gains[judged[0].name]["same_decoding"]
+        return {"status": "underpowered", "gains": gains, "tree": None,
+                "reason": f"too small to detect: {one_seed(spec)}; minimum detectable effect of {judged[0].name}'s {div} gain at "
+                          f"the prompt level alone {pct(g.get('mde'))}"}
     tree = None
     if all(gains[a.name]["gain"] is not None for a in judged):
         tree = stats.decision_tree({a.name: gains[a.name]["gain"] for a in variants}, roles={a.name: a.strength for a in variants})
