@@ -207,8 +207,8 @@ def test_killed_process_fails_the_run_in_bounded_time_and_resume_is_bit_identica
     shown = subprocess.run([sys.executable, "-m", "polychromic", "status", str(tmp_path / "runs")], capture_output=True,
                            text=True, env=env)
     row = next(line for line in shown.stdout.splitlines() if line.startswith("killed"))
-    # not running; resumable from its checkpoint, the failure in the note
-    assert row.split()[2] == "resumable" and f"from step-{KILL_AFTER}; " in row, shown.stdout
+    # failed, not running; resumable from its checkpoint, the failure in the note
+    assert row.split()[2] == "failed" and f"resumable from step-{KILL_AFTER}; " in row, shown.stdout
 
     if victim == 1:
         return  # one resume is enough for the bit-identity; the rank-0 case exercises the survivor's record

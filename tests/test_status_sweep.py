@@ -166,7 +166,7 @@ def test_collect_status_states(synthetic_runs):
     assert {k: r["state"] for k, r in got.items()} == {
         ("baseline", 42): "done",
         ("broken", 42): "failed",
-        ("killed", 7): "resumable",
+        ("killed", 7): "failed",
         ("live", 42): "running",
         ("crashed", 42): "failed",
     }
@@ -187,11 +187,11 @@ def test_print_status_table(synthetic_runs, capsys):
     assert set(by_exp) == {"baseline", "broken", "killed", "live", "crashed"}
     assert by_exp["baseline"][:8] == ["baseline", "42", "done", "30/30", "-", "1.5", "-", "0.25"]
     assert by_exp["live"][:8] == ["live", "42", "running", "4/40", "1h02m", "2.5", "0.42", "nan"]
-    assert by_exp["killed"][2:4] == ["resumable", "12/30"] and "from step-10" in " ".join(by_exp["killed"])
+    assert by_exp["killed"][2:4] == ["failed", "12/30"] and "resumable from step-10" in " ".join(by_exp["killed"])
     assert by_exp["broken"][2] == "failed" and "CUDA out of memory" in " ".join(by_exp["broken"])
     # columns are aligned: every row's state starts at the header's state column
     col = lines[0].index("state")
-    assert all(line[col:].split()[0] in ("done", "failed", "resumable", "running") for line in lines[1:])
+    assert all(line[col:].split()[0] in ("done", "failed", "running") for line in lines[1:])
 
 
 def test_print_status_missing_and_empty(tmp_path, capsys):
@@ -204,7 +204,7 @@ def test_print_status_missing_and_empty(tmp_path, capsys):
 def test_status_cli(synthetic_runs):
     r = subprocess.run([sys.executable, "-m", "polychromic", "status", str(synthetic_runs)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "resumable" in r.stdout and "killed" in r.stdout
+    assert "resumable from step-10" in r.stdout and "killed" in r.stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_sweep_validates_every_config_first(tmp_path, capsys):
     msg = str(info.value)
     assert f"{bad1}: trainer.lr: must be > 0" in msg
     assert f"{bad2}: objective.diversty_weight: unknown key, did you mean diversity_weight?" in msg
-    assert "missing.yaml" in msg and "config file not found" in msg
+    assert "missing.yaml: no such file, and no shipped config of that name" in msg
     assert not (tmp_path / "runs").exists()  # nothing trained
     assert "=== sweep" not in capsys.readouterr().out
 

@@ -3,9 +3,9 @@
 State of a run, from its files alone (so it works on a copied-back runs folder too):
     done       state.json says done
     running    state.json says running and its process is alive (same host: pid + start time)
-    resumable  not done, not running, and a COMPLETE checkpoint exists (`train --resume`)
-    failed     not done, not running, no checkpoint: a crash (status failed, or status running
-               with a dead process) or a folder that never got past start-up
+    failed     not done and not running: a crash (status failed, or status running with a dead
+               process) or a folder that never got past start-up; the note says "resumable from
+               step-N" when a COMPLETE checkpoint exists (`train --resume` continues from it)
 Runs recorded on another host cannot be checked for liveness and show `running?`.
 """
 
@@ -63,7 +63,7 @@ def run_state(run_dir: Path, state: dict) -> str:
             return "running?"
         if alive:
             return "running"
-    return "resumable" if latest_checkpoint(run_dir) is not None else "failed"
+    return "failed"
 
 
 def collect_status(runs_dir: str | Path) -> list[dict]:
@@ -132,8 +132,8 @@ def print_status(runs_dir: str | Path) -> int:
     for r in runs:
         step = f"{_fmt(r['step'])}/{_fmt(r['total_steps'])}"
         note = r["error"] or ""
-        if r["state"] == "resumable":
-            note = f"from {r['checkpoint']}" + (f"; {note}" if note else "")
+        if r["state"] == "failed" and r["checkpoint"]:
+            note = f"resumable from {r['checkpoint']}" + (f"; {note}" if note else "")
         elif r["state"] == "running?":
             note = f"on host {r['hostname']}"
         elif r["state"] == "done" and not r["adapter"]:
