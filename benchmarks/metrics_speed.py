@@ -1,5 +1,5 @@
 """Time the per-prompt metrics on an evaluation-sized input: 500 prompts x 10 samples of ~30 words
-(issue 4: under a minute on 2 cores, excluding embedding). Embeddings are random unit vectors made
+(under a minute on 2 cores, excluding embedding). Embeddings are random unit vectors made
 before the clock starts, so only the metric maths is timed. Also times NLTK's own sentence_bleu for
 Self-BLEU + pairwise-BLEU on a slice of the prompts (extrapolated to all), which is why
 polychromic.metrics computes BLEU from n-gram count matrices (docs/metrics.md).
