@@ -44,6 +44,8 @@ class TrainRun:
     log_file: Path
     temperatures: tuple[float, ...]
     """The decodings this run's adapter is evaluated at."""
+    after: Optional[Path] = None
+    """The run this one starts from (a stage-2 arm's `init_from`, same seed): trained first."""
 
     @property
     def model(self) -> str:
@@ -89,7 +91,8 @@ def make_plan(spec: ExperimentSpec) -> Plan:
         at = tuple(t for t in temps if any(x.name == a.name for x, _ in eval_models(spec, t)))
         for s in spec.seeds:
             train.append(TrainRun(a.name, a.role, a.strength, s, runs_dir(spec) / a.name / f"seed_{s}",
-                                  out / CONFIGS_DIR / f"{model_name(a.name, s)}.yaml", out / LOGS_DIR / f"train_{model_name(a.name, s)}.log", at))
+                                  out / CONFIGS_DIR / f"{model_name(a.name, s)}.yaml", out / LOGS_DIR / f"train_{model_name(a.name, s)}.log", at,
+                                  runs_dir(spec) / a.init_from / f"seed_{s}" if a.init_from else None))
     evaluations = [EvalUnit(a.name, a.role, a.strength, s, runs_dir(spec) / a.name / f"seed_{s}", t, eval_dir(spec, t))
                    for t in temps for a, s in eval_models(spec, t)]
     return Plan(spec, train, evaluations)

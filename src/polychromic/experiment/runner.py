@@ -166,10 +166,22 @@ def train_all(plan: Plan, parallel: int, retries: int = 1) -> None:
         queue = list(todo)
         try:
             while queue or running:
-                while queue and len(running) < parallel:
-                    r = queue.pop(0)
+                while len(running) < parallel:
+                    # a stage-2 run waits for the run it starts from; one whose source failed fails too
+                    blocked = {r.run_dir for r, _ in failed}
+                    for r in [r for r in queue if r.after in blocked]:
+                        queue.remove(r)
+                        failed.append((r, f"its init_from run {r.after} failed"))
+                    ready = [r for r in queue if r.after is None or is_finished(r.after)]
+                    if not ready:
+                        break
+                    r = ready[0]
+                    queue.remove(r)
                     _say(f"  {train_action(r.run_dir)} {r.model} -> {r.run_dir} (log {r.log_file})")
                     running[r] = (_spawn(r, parallel), time.monotonic())
+                if queue and not running and not any(r.after is None or is_finished(r.after) for r in queue):
+                    raise ExperimentError("training: runs wait for runs that are neither done nor scheduled: "
+                                          + ", ".join(f"{r.model} after {r.after}" for r in queue))
                 time.sleep(POLL_SECONDS)
                 for r, (p, t0) in list(running.items()):
                     if p.poll() is None:
@@ -218,7 +230,7 @@ def evaluate_all(plan: Plan) -> list[Path]:
     out = []
     for t in plan.temperatures:
         cfg = eval_config(plan.spec, t)
-        missing = [m.name for m in cfg.eval.models if not is_finished(Path(m.adapter).parent)]
+        missing = [m.name for m in cfg.eval.models if not is_finished(Path(m.adapter).parent) or not Path(m.adapter).is_dir()]
         if missing:
             raise ExperimentError(f"evaluation at T = {t:g}: runs not finished: {missing}")
         if evaluated(cfg):

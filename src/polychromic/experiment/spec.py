@@ -48,6 +48,10 @@ class ArmSpec:
     """Start from this config instead of the spec's `base` (shipped name or path)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Dotted `key.sub: value` pairs (or nested mappings) applied over the config."""
+    init_from: Optional[str] = None
+    """Stage 2 (docs/objective.md, "Two-stage training"): start from this arm's adapter of the same
+    seed, merged into the base (`model.init_adapter`). The run waits for that arm's run, and the
+    model evaluated is its `adapter_stacked/` (both stages as one adapter on the plain base)."""
 
 
 @dataclass
@@ -212,9 +216,21 @@ def arm_config(spec: ExperimentSpec, arm: ArmSpec, seed: int) -> Config:
     the fields the experiment owns (experiment name, seed, runs_dir, prepared data, split seed)."""
     data, source = _config_data(spec, arm.config)
     data = _deep_merge(data, nest(arm.overrides))
+    if arm.init_from:
+        data = _deep_merge(data, {"model": {"init_adapter": str(run_dir(spec, arm.init_from, seed) / "adapter")}})
     data = _deep_merge(data, {"experiment": arm.name, "seed": seed, "runs_dir": str(runs_dir(spec)),
                               "data": {"prepared_dir": str(data_dir(spec)), "split_seed": spec.split_seed}})
     return config_from_dict(data, f"{source} (arm {arm.name}, seed {seed})")
+
+
+def run_dir(spec: ExperimentSpec, arm: str, seed: int) -> Path:
+    return runs_dir(spec) / arm / f"seed_{seed}"
+
+
+def evaluated_adapter(spec: ExperimentSpec, arm: ArmSpec, seed: int) -> Path:
+    """The adapter folder that stands for this arm's model: `adapter_stacked/` for a stage-2 arm
+    (the fresh LoRA alone belongs on the merged base), `adapter/` otherwise."""
+    return run_dir(spec, arm.name, seed) / ("adapter_stacked" if arm.init_from else "adapter")
 
 
 def eval_models(spec: ExperimentSpec, temperature: float) -> list[tuple[ArmSpec, int]]:
@@ -232,7 +248,7 @@ def eval_config(spec: ExperimentSpec, temperature: float) -> Config:
     """The evaluation config at one decoding temperature: base + the spec's overrides + eval's."""
     data, source = _config_data(spec, None)
     data = _deep_merge(data, nest(spec.eval.overrides))
-    models = [{"name": model_name(a.name, s), "adapter": str(runs_dir(spec) / a.name / f"seed_{s}" / "adapter")}
+    models = [{"name": model_name(a.name, s), "adapter": str(evaluated_adapter(spec, a, s))}
               for a, s in eval_models(spec, temperature)]
     e: dict = {"models": models, "baseline": model_name(spec.baseline.name, spec.seeds[0]), "split": spec.eval.split,
                "k": spec.eval.k, "temperature": temperature, "max_prompts": spec.eval.max_prompts,
@@ -281,6 +297,11 @@ def _invariants(s: ExperimentSpec) -> list[str]:
     for i, a in enumerate(s.arms):
         need(bool(_NAME.match(a.name or "")), f"arms[{i}].name: must be a non-empty name of letters, digits, _ . -")
         need(a.strength is None or a.role == "variant", f"arms[{i}].strength: only a variant has a strength (role is {a.role})")
+        if a.init_from is not None:
+            src = next((x for x in s.arms if x.name == a.init_from), None)
+            need(src is not None and src is not a, f"arms[{i}].init_from: must name another arm of {names}, got {a.init_from!r}")
+            need(src is None or src.init_from is None,
+                 f"arms[{i}].init_from: {a.init_from!r} is itself a stage-2 arm; start from a one-stage arm")
     baselines = [a.name for a in s.arms if a.role == "baseline"]
     need(len(baselines) == 1, f"arms: exactly one arm with role baseline, got {len(baselines)} ({baselines})")
     v = s.eval
