@@ -31,7 +31,7 @@ FULL_RESULT = "dialog"
 """The committed full-size result shown at the end (resources/results/<name>/)."""
 
 # --fast: the smallest sizes that still run every stage (tests).
-FAST_TRAIN = {"trainer.max_steps": 3, "trainer.save_every": 2, "rollout.max_generation_length": 12}
+FAST_TRAIN = {"trainer.max_steps": 3, "trainer.save_every": 2, "rollout.max_generation_length": 32}
 FAST_EVAL = {"max_prompts": 4, "k": 3}
 FAST_EVAL_CONFIG = {"eval.max_new_tokens": 12}
 
