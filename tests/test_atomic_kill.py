@@ -1,5 +1,5 @@
 """Kill a process while it rewrites a results file: the previous complete file is still there
-and readable (issue 7, atomic writes)."""
+and readable (atomic writes, docs/reliability.md)."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""The leave-one-out set advantages (../shared/docs/objective.md): known values, the identities,
+"""The leave-one-out set advantages (docs/objective.md): known values, the identities,
 and unbiasedness of the gradient estimator on a toy categorical policy with a closed-form J."""
 
 import itertools

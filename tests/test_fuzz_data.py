@@ -1,4 +1,4 @@
-"""Property-based bad input for `data prepare` (issue 7): random bytes, broken JSON, wrong types,
+"""Property-based bad input for `data prepare` (docs/reliability.md): random bytes, broken JSON, wrong types,
 empty strings, huge lines, mixed encodings. Always either a valid prepared dataset whose rows
 obey the schema, or a DataError naming the file and a line — never another exception, never a
 silently wrong result (every input line is accounted for: kept, or rejected with a reason)."""

@@ -24,7 +24,7 @@ import yaml
 from polychromic import resources
 from polychromic.io import atomic_write_text
 
-# The prior system's prompt (../shared/docs/prior-system.md), rendered through the chat template.
+# The prior system's prompt (docs/prior-system.md), rendered through the chat template.
 PRIOR_TEMPLATE = "Generate an engaging Twitter reply to this tweet:\n\n{prompt}\n\nReply:"
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 EMBEDDED_EMBEDDER = "embedded:all-minilm-l6-v2"

@@ -4,7 +4,7 @@ D is the diversity of decoded, sampled replies (mean pairwise distance, objectiv
 a Python float. A float has no gradient, so grad(ce - lambda * D) == grad(ce): this objective
 trains exactly what `sft` trains (tests/test_objectives.py checks the adapters are bit-identical
 for the same seed and data), whatever lambda is; only the logged loss moves
-(../shared/docs/objective.md, "Why the prior design trains nothing new").
+(docs/objective.md, "Why the prior design trains nothing new").
 
 It still generates rollouts and logs D under the prior names, so its logs look like the prior
 ones. Nothing is backpropagated here; the rollouts are seeded on their own and leave the global

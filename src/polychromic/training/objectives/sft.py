@@ -4,7 +4,7 @@ Normalisation: the summed token cross-entropy of one micro-batch is divided by t
 target tokens of the WHOLE accumulated batch (all micro-batches, all processes), passed in by the
 loop. Summing the micro-batch gradients then gives exactly the gradient of the mean token loss of
 one big batch, whatever the accumulation factor. (The prior system averaged per micro-batch and
-its logged loss was multiplied by the accumulation factor, ../shared/docs/prior-system.md.)
+its logged loss was multiplied by the accumulation factor, docs/prior-system.md.)
 """
 
 from __future__ import annotations
