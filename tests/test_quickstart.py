@@ -59,5 +59,5 @@ def test_quickstart_fast_end_to_end(tmp_path):
     before = (tmp_path / "eval" / "T0.7" / "samples.jsonl").read_bytes()
     r2 = _quickstart(tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert "0 run(s) to do (2 done)" in r2.stderr
+    assert "training: all 2 run(s) done" in r2.stdout, r2.stdout[-2000:]
     assert (tmp_path / "eval" / "T0.7" / "samples.jsonl").read_bytes() == before

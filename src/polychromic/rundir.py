@@ -286,3 +286,15 @@ def process_alive(state: dict) -> bool | None:
     if recorded is not None and recorded != start:
         return False  # the pid was reused by another process
     return True
+
+
+def describe_exit(code: int) -> str:
+    """A training process's exit status in words: `killed by SIGKILL`, `exit code 1`."""
+    import signal
+
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -32,7 +32,7 @@ from polychromic import io
 from polychromic.config import Config, to_yaml
 from polychromic.experiment.plan import LOGS_DIR, SPEC_FILE, Plan, TrainRun, make_plan, train_action
 from polychromic.experiment.spec import ExperimentSpec, arm_config, data_dir, eval_config, spec_to_yaml
-from polychromic.rundir import CONFIG_FILE, is_finished, previous_attempt, process_alive, read_state
+from polychromic.rundir import CONFIG_FILE, describe_exit, is_finished, previous_attempt, process_alive, read_state
 
 SPLIT_FIELDS = ("source", "path", "prompt_field", "reply_field", "group_field", "val_fraction", "test_fraction",
                 "max_chars", "skip_invalid")
@@ -143,15 +143,6 @@ def _spawn(r: TrainRun, parallel: int) -> subprocess.Popen:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(parallel), preexec_fn=_die_with_parent)
 
 
-def _exit_text(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
 def train_all(plan: Plan, parallel: int, retries: int = 1) -> None:
     """Train every unfinished run, `parallel` at a time, in plan order."""
     todo = [r for r in plan.train if train_action(r.run_dir) != "done"]
@@ -188,7 +179,7 @@ def train_all(plan: Plan, parallel: int, retries: int = 1) -> None:
                         continue
                     del running[r]
                     ok = p.returncode == 0 and is_finished(r.run_dir)
-                    why = "" if ok else (_exit_text(p.returncode) if p.returncode else "exited 0 but the run is not finished")
+                    why = "" if ok else (describe_exit(p.returncode) if p.returncode else "exited 0 but the run is not finished")
                     _say(f"  {r.model}: {'done' if ok else 'FAILED: ' + why} ({time.monotonic() - t0:.0f} s)")
                     if not ok:
                         failed.append((r, why))

@@ -15,7 +15,6 @@ a crash in one lost the night. Here:
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from polychromic.config import Config, ConfigError, load_config
 from polychromic.io import atomic_write_json
-from polychromic.rundir import is_finished, latest_checkpoint, previous_attempt, read_state, run_dir_for
+from polychromic.rundir import describe_exit, is_finished, latest_checkpoint, previous_attempt, read_state, run_dir_for
 from polychromic.training.status import format_duration, format_table
 
 
@@ -75,15 +74,6 @@ def plan(cfg: Config) -> str:
     return "start"
 
 
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
 def _train(r: SweepRun, overrides: list[str]) -> None:
     cmd = [sys.executable, "-m", "polychromic", "train", r.config, *overrides]
     if r.action == "resume":
@@ -109,7 +99,7 @@ def _train(r: SweepRun, overrides: list[str]) -> None:
     else:
         state = read_state(r.run_dir)
         r.result = "failed"
-        r.error = _describe_exit(code) + (f": {state['error']}" if state.get("error") else "")
+        r.error = describe_exit(code) + (f": {state['error']}" if state.get("error") else "")
 
 
 def sweep(config_paths: list[str], overrides: list[str]) -> int:
