@@ -178,7 +178,11 @@ def test_shipped_specs_plan(tmp_path):
     assert min(spec.eval.temperatures) == 0.5 and max(spec.eval.temperatures) == 1.2
     r = cli(["experiment", "plan", "result", "--json"], Path.cwd(), timeout=120)
     assert r.returncode == 0, r.stderr
-    assert {x["role"] for x in json.loads(r.stdout)} == {"baseline", "prior", "variant"}
+    rows_json = json.loads(r.stdout)
+    assert {x["role"] for x in rows_json} == {"baseline", "prior", "control", "variant"}
+    # the stage-2 arms start from the SFT arm's adapter of the same seed
+    assert {a.name: a.init_from for a in spec.arms if a.init_from} == {
+        "stage2_sft": "sft", "polychromic_conservative": "sft", "polychromic_moderate": "sft", "polychromic_aggressive": "sft"}
     cal = load_spec("calibration")
     assert cal.eval.split == "val" and cal.split_seed == spec.split_seed
     r = cli(["experiment", "copy", "calibration", str(tmp_path / "mine.yaml")], tmp_path, timeout=120)
@@ -473,3 +477,14 @@ def test_one_seed_is_too_small_for_a_claim_about_the_recipe(tiny_spec):
     tiny_spec.stats.verdict = "pooled"  # a claim about these adapters only
     assert judge_target(TargetSpec(arm="poly", metric="distinct_2", min_gain=0.15), res, tiny_spec, MARKS)["status"] == "met"
     assert verdict(tiny_spec, res, MARKS)["status"] == "workshop"
+
+
+def test_reproduce_lines_name_a_shipped_spec_wherever_it_was_installed():
+    from dataclasses import replace
+
+    from polychromic.experiment.render import _spec_ref
+
+    spec = load_spec("calibration")
+    assert _spec_ref(replace(spec, source="/elsewhere/site-packages/polychromic/resources/experiments/calibration.yaml")) == "calibration"
+    assert _spec_ref(replace(spec, source="/home/me/specs/mine.yaml")) == "/home/me/specs/mine.yaml"
+    assert _spec_ref(replace(spec, source=None)) == "calibration"

@@ -85,6 +85,27 @@ def test_a_curve_that_turns_back_uses_the_best_crossing():
     assert d["matched"] == pytest.approx(0.7) and d["temperature"] == pytest.approx(0.9)
 
 
+def test_a_hotter_baseline_that_is_better_in_quality_and_diversity_is_the_match():
+    """Tempered reference NLL of a too-sharp model falls (improves) with T: nll = 3.5 - T,
+    diversity = 0.4 + 0.3 T. The variant (nll 2.9, d 0.7) crosses the curve at T = 0.6 (d 0.58),
+    but T = 1.1 has both a better NLL (2.4) and more diversity (0.73): the match is that point,
+    and the variant's diversity gain is 0.7 - 0.73 = -0.03, not +0.12. At d = 0.7 the crossing is
+    T = 1.0 (nll 2.5), and T = 1.1 is as diverse with nll 2.4: quality gain -(2.9 - 2.4) = -0.5."""
+    curve = [(t, 3.5 - t, 0.4 + 0.3 * t) for t in TEMPS]
+    r = F.matched_gain(curve, (2.9, 0.7), quality_higher_is_better=False)
+    d = r["diversity_at_matched_quality"]
+    assert d["status"] == "inside" and d["envelope"] and d["segments"] == 1
+    assert d["matched"] == pytest.approx(0.73) and d["temperature"] == pytest.approx(1.1) and d["temperatures"] == [1.1, 1.1]
+    assert d["gain"] == pytest.approx(-0.03) and d["relative_gain"] == pytest.approx(0.7 / 0.73 - 1)
+    q = r["quality_at_matched_diversity"]
+    assert q["envelope"] and q["matched"] == pytest.approx(2.4) and q["gain"] == pytest.approx(-0.5)
+    # where quality falls with T (the usual trade-off) the crossing is the match: no envelope
+    u = F.matched_gain(linear_curve(), (0.6, 0.7))
+    assert not u["diversity_at_matched_quality"]["envelope"] and not u["quality_at_matched_diversity"]["envelope"]
+    # a variant better than every baseline point in quality is still outside (nothing to compare)
+    assert F.matched_gain(curve, (2.3, 0.7), quality_higher_is_better=False)["diversity_at_matched_quality"]["status"] == "outside"
+
+
 def test_bad_curves_are_errors():
     with pytest.raises(ValueError, match="at least 2 temperatures"):
         F.matched_gain([(0.7, 0.5, 0.5)], (0.5, 0.5))

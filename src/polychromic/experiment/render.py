@@ -138,7 +138,7 @@ def _frontier_section(spec: ExperimentSpec, res: dict) -> Optional[dict]:
                     x, y = f["diversity_at_matched_quality"], f["quality_at_matched_diversity"]
                     tag = "held out" if not (marks[d]["trained_on"] or marks[q]["trained_on"]) else "trained on"
                     rows.append([arm, t, f"{d} ({held(marks, d)})", f"{q} ({held(marks, q)})",
-                                 "n/a" if x["temperature"] is None else f"{x['temperature']:.3g}",
+                                 "n/a" if x["temperature"] is None else f"{x['temperature']:.3g}" + (" (envelope)" if x.get("envelope") else ""),
                                  f"{pct(x['relative_gain'])} {pct_ci(x.get('relative_ci'))}",
                                  f"{pct(y['relative_gain'])} {pct_ci(y.get('relative_ci'))}", tag, x["reading"]])
     curve = []
@@ -150,8 +150,9 @@ def _frontier_section(spec: ExperimentSpec, res: dict) -> Optional[dict]:
         curve.append([t] + [num(means[m]["mean"]) for m in metrics])
     return {"title": "Temperature-matched: against the baseline's own temperature curve", "figure": True,
             "intro": f"The baseline decoded at T = {', '.join(temps)} traces its quality-diversity curve. Diversity gain at matched "
-                     "quality: the arm's diversity against the curve's diversity at the arm's quality (linear between temperatures, "
-                     "no extrapolation); quality gain at matched diversity likewise. 'On the curve' = a temperature change of the "
+                     "quality: the arm's diversity against the best diversity the curve reaches at a quality at least as good as the arm's "
+                     "(linear between temperatures, no extrapolation; '(envelope)': a hotter or colder baseline point is better in "
+                     "both, so it is the match, not the crossing); quality gain at matched diversity likewise. 'On the curve' = a temperature change of the "
                      "baseline gives the same (the arm only moves along the baseline's curve).",
             "tables": [_table("", ["arm", "T", "diversity", "quality", "baseline T matched", "diversity gain at matched quality",
                                    "quality gain at matched diversity", "", "reading"], rows),
@@ -186,7 +187,19 @@ def view(spec: ExperimentSpec, res: dict) -> dict:
     sections += _means_section(spec, res)
     return {"title": f"Experiment {spec.name}", "description": spec.description, "setup": setup, "sections": sections,
             # the spec as it was given: the same lines however and wherever the report is rendered
-            "reproduce": [f"polychromic experiment {c} {spec.source or spec.name}" for c in ("run", "report")]}
+            "reproduce": [f"polychromic experiment {c} {_spec_ref(spec)}" for c in ("run", "report")]}
+
+
+def _spec_ref(spec: ExperimentSpec) -> str:
+    """A shipped spec by its name (wherever the package was installed when it ran), else its path."""
+    if not spec.source:
+        return spec.name
+    p = Path(spec.source)
+    parts = p.parts
+    for i in range(len(parts) - 1):
+        if parts[i:i + 2] == ("resources", "experiments"):
+            return str(Path(*parts[i + 2:]).with_suffix(""))
+    return spec.source
 
 
 def _env() -> jinja2.Environment:

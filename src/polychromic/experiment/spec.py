@@ -30,7 +30,7 @@ from polychromic.config import (
     read_yaml_tree,
 )
 
-ROLES = ("baseline", "prior", "variant")
+ROLES = ("baseline", "prior", "control", "variant")
 STRENGTHS = ("conservative", "moderate", "aggressive")
 DEFAULT_GRID = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -40,8 +40,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class ArmSpec:
     name: str = ""
     """Names the run directories (<output_dir>/runs/<name>/seed_<s>) and the evaluated models."""
-    role: Literal["baseline", "prior", "variant"] = "variant"
-    """Exactly one baseline; every other arm is compared with it."""
+    role: Literal["baseline", "prior", "control", "variant"] = "variant"
+    """Exactly one baseline; every other arm is compared with it. prior: the design being replaced;
+    control: an arm that isolates a confound of a variant (e.g. stage 2 with CE alone)."""
     strength: Optional[Literal["conservative", "moderate", "aggressive"]] = None
     """A variant's place in the prior decision tree (aggressive > 25%, moderate > 15%)."""
     config: Optional[str] = None

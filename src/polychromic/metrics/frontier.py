@@ -13,9 +13,18 @@ points in temperature order. When quality is monotone in T (the usual case) exac
 contains the variant's quality and this is plain linear interpolation of the points sorted by
 quality. When it is not (a curve that turns back), several segments contain it and the matched
 baseline value is the BEST of them (the upper envelope for a higher-is-better diversity): the
-comparison is with the best the baseline reaches at that quality, never the worst. Outside the
-curve's range nothing is extrapolated: status "outside", with the end ("below" / "above" the
-baseline's range) and the temperature at that end.
+comparison is with the best the baseline reaches at that quality, never the worst.
+
+Dominance: "at matched quality" means at a quality *at least as good* as the variant's. Where the
+quality does not fall with T over part of the curve (the tempered reference NLL of a model that is
+too sharp at T = 0.7 falls, i.e. improves, as T rises towards 1), a hotter baseline point can be
+both better in quality and more diverse than the crossing; then that point is the match (the
+Pareto envelope of the curve: the best diversity over every curve point whose quality is at least
+the variant's), `envelope` is True and `temperature` is that point's. Matching only at exactly
+equal quality would credit the variant with a gain that the baseline beats at a hotter, better
+temperature. The same holds for quality at matched diversity. Outside the curve's range nothing
+is extrapolated: status "outside", with the end ("below" / "above" the baseline's range) and the
+temperature at that end.
 
 Directions: a quality where lower is better (reference NLL) or a diversity where lower is better
 (Self-BLEU) only changes which candidate is "best" and the sign of the gain: `gain` is signed so
@@ -55,11 +64,15 @@ def _check_curve(curve) -> np.ndarray:
     return c
 
 
-def match_on_curve(ts: np.ndarray, xs: np.ndarray, ys: np.ndarray, x: float, y_higher_is_better: bool) -> dict:
+def match_on_curve(ts: np.ndarray, xs: np.ndarray, ys: np.ndarray, x: float, y_higher_is_better: bool,
+                   x_higher_is_better: Optional[bool] = None) -> dict:
     """The baseline's y at coordinate x along the polyline through (xs[i], ys[i]), i in temperature
-    order (ts ascending). Keys: status ("inside" / "outside"), matched (y, or None), temperature
+    order (ts ascending). With `x_higher_is_better` given, the match is the best y over the
+    crossings and every curve point whose x is at least as good as `x` (the envelope; module
+    docstring). Keys: status ("inside" / "outside"), matched (y, or None), temperature
     (interpolated T), temperatures (the bracketing pair), segments (how many segments contain x),
-    monotone (x strictly monotone in T), end / end_temperature / range (where it is outside)."""
+    envelope (a better curve point, not a crossing, is the match), monotone (x strictly monotone
+    in T), end / end_temperature / range (where it is outside)."""
     lo, hi = float(xs.min()), float(xs.max())
     steps = np.diff(xs)
     base = {"at": float(x), "range": [lo, hi], "monotone": bool(np.all(steps > 0) or np.all(steps < 0))}
@@ -74,16 +87,24 @@ def match_on_curve(ts: np.ndarray, xs: np.ndarray, ys: np.ndarray, x: float, y_h
         else:
             w = (x - x0) / (x1 - x0)
             y, t = float(ys[i] + w * (ys[i + 1] - ys[i])), float(ts[i] + w * (ts[i + 1] - ts[i]))
-        candidates.append((y, t, [float(ts[i]), float(ts[i + 1])]))
+        candidates.append((y, t, [float(ts[i]), float(ts[i + 1])], False))
     if not candidates:
         end = "below" if x < lo else "above"
         j = int(np.argmin(xs) if x < lo else np.argmax(xs))
         return {**base, "status": "outside", "end": end, "end_temperature": float(ts[j]), "matched": None,
-                "temperature": None, "temperatures": None, "segments": 0}
+                "temperature": None, "temperatures": None, "segments": 0, "envelope": False}
+    segments = len(candidates)
     pick = max if y_higher_is_better else min
-    y, t, brackets = pick(candidates, key=lambda c: c[0])
+    crossing = pick(candidates, key=lambda c: c[0])
+    if x_higher_is_better is not None:
+        better = xs >= x if x_higher_is_better else xs <= x
+        candidates += [(float(ys[j]), float(ts[j]), [float(ts[j]), float(ts[j])], True) for j in np.flatnonzero(better)]
+    y, t, brackets, vertex = pick(candidates, key=lambda c: c[0])
+    envelope = bool(vertex and (y > crossing[0] if y_higher_is_better else y < crossing[0]))
+    if not envelope:
+        y, t, brackets = crossing[:3]
     return {**base, "status": "inside", "end": None, "end_temperature": None, "matched": y, "temperature": t,
-            "temperatures": brackets, "segments": len(candidates)}
+            "temperatures": brackets, "segments": segments, "envelope": envelope}
 
 
 def _compare(variant: float, m: dict, higher_is_better: bool) -> dict:
@@ -108,9 +129,10 @@ def matched_gain(curve: Sequence[Sequence[float]], point: Sequence[float], quali
     """The variant point (quality, diversity) against the baseline curve [(T, quality, diversity)].
 
     Returns {"diversity_at_matched_quality": ..., "quality_at_matched_diversity": ...}, each with
-    status, variant, matched (the baseline's interpolated value), difference, gain (signed: positive
-    is better), relative_gain, temperature (the baseline temperature that matches), temperatures
-    (the bracketing pair), segments, monotone, and end / end_temperature / note when outside."""
+    status, variant, matched (the baseline's value: the crossing, or a better curve point when
+    `envelope`), difference, gain (signed: positive is better), relative_gain, temperature (the
+    baseline temperature that matches), temperatures (the bracketing pair), segments, envelope,
+    monotone, and end / end_temperature / note when outside."""
     c = _check_curve(curve)
     p = np.asarray(point, dtype=np.float64)
     if p.shape != (2,) or not np.all(np.isfinite(p)):
@@ -118,10 +140,10 @@ def matched_gain(curve: Sequence[Sequence[float]], point: Sequence[float], quali
     ts, qs, ds = c[:, 0], c[:, 1], c[:, 2]
     qv, dv = float(p[0]), float(p[1])
     return {
-        "diversity_at_matched_quality": _compare(dv, match_on_curve(ts, qs, ds, qv, diversity_higher_is_better),
-                                                 diversity_higher_is_better),
-        "quality_at_matched_diversity": _compare(qv, match_on_curve(ts, ds, qs, dv, quality_higher_is_better),
-                                                 quality_higher_is_better),
+        "diversity_at_matched_quality": _compare(
+            dv, match_on_curve(ts, qs, ds, qv, diversity_higher_is_better, quality_higher_is_better), diversity_higher_is_better),
+        "quality_at_matched_diversity": _compare(
+            qv, match_on_curve(ts, ds, qs, dv, quality_higher_is_better, diversity_higher_is_better), quality_higher_is_better),
     }
 
 
