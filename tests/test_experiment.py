@@ -305,8 +305,12 @@ def test_rerun_skips_everything_and_report_needs_no_torch(reference):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "training: all 4 run(s) done" in r.stdout and "Loading weights" not in r.stderr  # no model loaded
     assert final_files(out) == before
+    # --no-report stops after the evaluations and writes no report
+    shutil.rmtree(out / "report")
+    r = cli(["experiment", "run", "spec.yaml", "--no-report"], root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "report skipped: polychromic experiment report" in r.stdout and not (out / "report").exists()
     # `report` from the folder alone, with torch made unimportable
-    (out / "report" / "report.md").unlink()
     code = ("import sys; from polychromic import cli; rc = cli.main(['experiment', 'report', " + repr(str(out)) + "]); "
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'sentence_transformers') if m in sys.modules]; "
             "assert not heavy, heavy; sys.exit(rc)")

@@ -237,8 +237,10 @@ def evaluate_all(plan: Plan) -> list[Path]:
 # The whole experiment
 
 
-def run(spec: ExperimentSpec, parallel: int | None = None, retries: int = 1) -> list[Path]:
-    """Every stage, skipping what is done. Returns the report files written."""
+def run(spec: ExperimentSpec, parallel: int | None = None, retries: int = 1, write_report: bool = True) -> list[Path]:
+    """Every stage, skipping what is done. Returns the report files written (none when
+    `write_report` is False: train and evaluate on the GPU machine, render the report elsewhere
+    from the folder with `polychromic experiment report DIR`)."""
     from polychromic.experiment.report import report
 
     plan = make_plan(spec)
@@ -250,6 +252,9 @@ def run(spec: ExperimentSpec, parallel: int | None = None, retries: int = 1) -> 
     write_configs(configs)
     train_all(plan, parallel or spec.parallel, retries)
     evaluate_all(plan)
+    if not write_report:
+        _say(f"evaluations done; report skipped: polychromic experiment report {spec.out}")
+        return []
     paths = report(spec)
     _say("report: " + ", ".join(str(p) for p in paths))
     return paths
