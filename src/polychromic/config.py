@@ -196,6 +196,12 @@ class TrainerConfig:
     diversity_floor: float = 0.01
     """Alert when train/diversity_score falls under this."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    fast_lora: bool = True
+    """Train the LoRA layers over plain nn.Linear through one autograd function each
+    (training/fast_lora.py) instead of peft's forward: no float32 copy of a bfloat16 input, a
+    few matmuls forward and backward. Equal to peft up to float rounding in float32; in bfloat16
+    the low-rank branch is a bfloat16 matmul. float16, DoRA, merged or disabled adapters and
+    no_grad calls keep peft's forward; the saved adapter is peft's either way."""
 
 
 @dataclass
