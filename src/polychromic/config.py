@@ -202,6 +202,12 @@ class TrainerConfig:
     few matmuls forward and backward. Equal to peft up to float rounding in float32; in bfloat16
     the low-rank branch is a bfloat16 matmul. float16, DoRA, merged or disabled adapters and
     no_grad calls keep peft's forward; the saved adapter is peft's either way."""
+    expandable_segments: bool = True
+    """On CUDA, start the caching allocator with expandable segments (PYTORCH_ALLOC_CONF, or
+    PYTORCH_CUDA_ALLOC_CONF on torch before 2.9, = expandable_segments:True), so the SFT pass,
+    the rollouts and the recompute reuse one growing segment instead of freeing and allocating
+    blocks. Skipped when either variable is set or CUDA is already initialised in the process
+    (training/allocator.py)."""
 
 
 @dataclass

@@ -19,7 +19,8 @@ checkpoints hold the adapter, optimizer, scheduler, every RNG state and the data
 run killed at any point and resumed ends with the same adapter as an uninterrupted one. Saving
 and loading them (and the final adapter) is checkpoint.py's; non-finite steps are guards.py's.
 
-Speed: the LoRA layers train through fast_lora.py (trainer.fast_lora).
+Speed: the LoRA layers train through fast_lora.py (trainer.fast_lora), and on CUDA the
+allocator starts with expandable segments (trainer.expandable_segments, allocator.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from polychromic.models import attach_lora, load_base_model, load_embedder, load
 from polychromic.models import stack_adapters
 from polychromic.rundir import ADAPTER_DIR
 from polychromic.training import fast_lora
+from polychromic.training.allocator import configure_allocator
 from polychromic.training.checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from polychromic.training.guards import NonFiniteError, nonfinite_step
 from polychromic.training.monitor import Monitor
@@ -59,6 +61,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     from accelerate import Accelerator, InitProcessGroupKwargs
 
+    configure_allocator(cfg.trainer.expandable_segments, cfg.trainer.device)  # before anything starts CUDA
     t = cfg.trainer.collective_timeout_s  # bounds the wait for a hung peer (a dead one fails at once)
     kwargs = [InitProcessGroupKwargs(timeout=timedelta(seconds=t))] if t is not None else []
     acc = Accelerator(cpu=cfg.trainer.device == "cpu", kwargs_handlers=kwargs)
