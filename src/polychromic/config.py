@@ -201,7 +201,8 @@ class TrainerConfig:
     (training/fast_lora.py) instead of peft's forward: no float32 copy of a bfloat16 input, a
     few matmuls forward and backward. Equal to peft up to float rounding in float32; in bfloat16
     the low-rank branch is a bfloat16 matmul. float16, DoRA, merged or disabled adapters and
-    no_grad calls keep peft's forward; the saved adapter is peft's either way."""
+    no_grad calls keep peft's forward; the saved adapter is peft's either way. false trains
+    on peft's forward (what reproduces a run trained that way bit for bit)."""
     expandable_segments: bool = True
     """On CUDA, start the caching allocator with expandable segments (PYTORCH_ALLOC_CONF, or
     PYTORCH_CUDA_ALLOC_CONF on torch before 2.9, = expandable_segments:True), so the SFT pass,
