@@ -166,13 +166,16 @@ def test_dora_and_float16_keep_peft_forward():
     assert half.get_base_model().model.layers[0].mlp.down_proj.fast_adapter(torch.zeros(1, 80, dtype=torch.float16)) is None
 
 
-def test_install_keeps_the_state_dict_and_uninstall_restores_peft():
+def test_install_keeps_the_state_dict_and_fast_generation_and_uninstall_restores_peft():
     from peft.tuners.lora.layer import Linear
+
+    from polychromic.generation.fast_support import unsupported_reason
 
     model = tiny("qwen3", dropout=0.1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     n = fast_lora.install(model)
     assert n == fast_lora.installed(model) == 14 and fast_lora.install(model) == 14  # idempotent
+    assert unsupported_reason(model) is None  # fast generation still serves the model
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert fast_lora.uninstall(model) == 14 and fast_lora.installed(model) == 0
