@@ -7,6 +7,9 @@ tokens), with only these overrides:
 - model.path, data.prepared_dir, objective.diversity_encoder_model: the random-weight Qwen3-8B
   folder, the synthetic tweets and the MiniLM-shaped embedder this script writes first
   (bench_models.py; nothing is downloaded);
+- trainer.device, and trainer.expandable_segments as the allocator was set up (the script
+  starts CUDA before `polychromic train` does, so it chooses the allocator setting itself,
+  with the trainer's rule; --no-expandable-segments keeps the default segments);
 - objective.quality=constant (q = 1, so F(S) = d(S)). A random-weight model never emits the
   end-of-turn token, so under the shipped quality (guard x relevance) every reply is truncated,
   q = 0, every advantage 0, and the trainer skips the policy-gradient recompute altogether: the
@@ -88,15 +91,20 @@ def main(argv=None) -> int:
     ap.add_argument("--examples", type=int, default=4940)
     ap.add_argument("--memory-gb", type=float, default=None, help="cap this process's GPU memory (GiB)")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    ap.add_argument("--set", nargs="*", default=[], help="extra config overrides (smoke tests)")
+    ap.add_argument("--no-expandable-segments", action="store_true", help="keep the allocator's default segments")
+    ap.add_argument("--set", nargs="*", default=[], help="extra config overrides (e.g. trainer.fast_lora=false)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
     import torch
 
     from polychromic import cli
+    from polychromic.training.allocator import configure_allocator
 
+    # Writing the model folder starts CUDA, so the allocator is set here, as `polychromic train`
+    # would set it in a process of its own (training/allocator.py).
+    alloc = configure_allocator(not args.no_expandable_segments, args.device)
     work = Path(args.work)
-    res: dict = {"shape": args.shape, "config": CONFIG, "examples": args.examples}
+    res: dict = {"shape": args.shape, "config": CONFIG, "examples": args.examples, "allocator_choice": alloc}
     cuda = args.device == "cuda"
     t0 = time.perf_counter()
     model_dir = bm.write_model(work / f"qwen3_{args.shape}", args.shape, args.device, torch.bfloat16 if cuda else torch.float32)
@@ -115,7 +123,8 @@ def main(argv=None) -> int:
             res["memory_cap_gib"] = args.memory_gb
         torch.cuda.reset_peak_memory_stats()
     overrides = [f"model.path={model_dir}", f"data.prepared_dir={prep}", f"objective.diversity_encoder_model={emb}",
-                 "objective.quality=constant", f"runs_dir={runs}", f"trainer.device={args.device}", *args.set]
+                 "objective.quality=constant", f"runs_dir={runs}", f"trainer.device={args.device}",
+                 f"trainer.expandable_segments={str(not args.no_expandable_segments).lower()}", *args.set]
     if not cuda:
         overrides.append("model.dtype=float32")
     res["overrides"] = overrides
@@ -133,10 +142,15 @@ def main(argv=None) -> int:
         res["nvidia_smi_peak_gib"] = poll.peak_mib / 1024
         res["nvidia_smi_samples"] = poll.samples
     if cuda:
+        get = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+        res["allocator_settings"] = get() if get else None
         res["torch_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
         res["torch_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     res["rc"] = rc
     run_dir = next(runs.glob("*/seed_*"))
+    import yaml
+
+    res["trainer_config"] = yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]  # fast_lora, expandable_segments, ...
     res.update(step_times(run_dir / "metrics.jsonl"))
     res["first_step_done_s"] = res.pop("first_step_logged_at") - res["train_started_at"]  # load, first compile, step 1
     print(json.dumps({k: v for k, v in res.items() if k != "last"}, indent=1), flush=True)

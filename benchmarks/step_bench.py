@@ -4,20 +4,26 @@ The trainer's own functions on the trainer's setup: random bf16 weights (bench_m
 LoRA r=16 / alpha 16 / dropout 0.1 on the seven projections (models.attach_lora, train mode),
 the shipped moderate config (N = 5, M = 8, T = 0.9, 100 new tokens) with objective.quality=constant
 (a random model's replies are all truncated, which would zero every advantage; see
-moderate_run.py). Stages, in one process:
+moderate_run.py). The allocator is set up as the trainer does it (expandable segments unless
+--no-expandable-segments or the environment sets it; training/allocator.py). Stages, in one
+process:
 
   ceilings   device-to-device copy (bytes read + written), bf16 8192^3 matmul on random data
   rollouts   generation.sample through generate_rollouts (8 x 5 x 100): first call, median of 3
+  optimizer  clip_grad_norm_ + AdamW step on the 43.6 M adapter parameters
+  then for each LoRA path of --lora in turn (fast: training/fast_lora.py, the trainer's default;
+  peft: peft's own layer forward), side by side in the table:
   pg         rollout_term's score + recompute + backward over the 40 sequences: batched across
              groups (the default), and one prompt group per pass (rollout.recompute_rows=5, the
-             former schedule), each with its passes and peak memory
+             former schedule), each with its first call, passes and peak memory
   sft        16 x 256 tokens (128 prompt + 128 reply) in one pass (the shipped setting) and as
              4 micro-batches of 4 with gradient checkpointing (the former one)
-  optimizer  clip_grad_norm_ + AdamW step on the 43.6 M adapter parameters
-  step       the whole optimizer step in the trainer's order (SFT, rollouts, pg, clip, AdamW)
-  sdpa       attention with padding: which SDPA kernels return NaN on a fully masked query row
-             (what left padding makes), and whether a left-padded (TRL's layout) or a
-             right-padded (rollout.pack's) batch gives finite LoRA gradients under sdpa / eager
+  step       the whole optimizer step in the trainer's order (SFT, rollouts, pg, clip, AdamW),
+             repeats + 1 times (every total kept; the median leaves out the first)
+  and, on the first path:
+  sdpa       attention with padding (sdpa_probes.py): which SDPA kernels return NaN on a fully
+             masked query row (what left padding makes), and whether a left-padded (TRL's
+             layout) or a right-padded (rollout.pack's) batch gives finite LoRA gradients
   eval       evaluation sampling, 50 prompts x 10 samples x 100 tokens in one 500-row chunk
              (eval.batch_size 512), projected to 500 prompts x 10 samples
 
@@ -28,10 +34,11 @@ weights need no weight gradient; the usual 6N convention counts a recompute on t
 lm_head at the positions whose logits are used + attention 8 x layers x heads x head_dim x
 seq per token (PaLM app. B, without recompute); the optimizer reads p, g, m, v and writes p, m, v.
 
-    PYTHONPATH=src python3 benchmarks/step_bench.py                       # on the GPU (~2.5 min)
-    PYTHONPATH=src python benchmarks/step_bench.py --shape tiny --repeats 1   # CPU smoke test
+    PYTHONPATH=src python3 benchmarks/step_bench.py                       # on the GPU
+    PYTHONPATH=src python benchmarks/step_bench.py --shape tiny --repeats 1 --skip eval   # CPU smoke test
 
-Writes step_bench.json to --out (default $OUT) and prints a table last.
+Writes <--name>.json (default step_bench.json) to --out (default $OUT) and prints a table last,
+one column pair per LoRA path.
 """
 
 from __future__ import annotations
@@ -48,7 +55,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
@@ -61,7 +67,10 @@ from polychromic.models import attach_lora, load_embedder  # noqa: E402
 from polychromic.training.loop import _set_grads, _take_grads  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.objectives.sft import ce_loss, count_targets  # noqa: E402
-from polychromic.training.rollout import generate_rollouts, pack, rollout_seed  # noqa: E402
+from polychromic.training import fast_lora  # noqa: E402
+from polychromic.training.allocator import ENV_NAMES, configure_allocator  # noqa: E402
+from polychromic.training.rollout import generate_rollouts, rollout_seed  # noqa: E402
+from sdpa_probes import probes, set_attention  # noqa: E402,F401 - trl_peer.py uses set_attention from here
 
 CONFIG = "polychromic_1.0_moderate"
 ONE = SimpleNamespace(num_processes=1)  # the loop's gradient helpers, one process
@@ -173,97 +182,6 @@ def with_checkpointing(model, on: bool):
         base.gradient_checkpointing_disable()
 
 
-def sdpa_probe(device, dtype) -> dict:
-    """NaN from fully masked query rows, kernel by kernel: 4 rows, the b-th left-padded by 16 b."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    b, h, length, d = 4, 8, 128, 128
-    valid = torch.ones(b, length, dtype=torch.bool, device=device)
-    for i in range(b):
-        valid[i, : 16 * i] = False
-    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    layouts = {"left_padded": valid, "right_padded": valid.flip(-1)}
-    out: dict = {}
-    for layout, v in layouts.items():
-        mask = (causal[None] & v[:, None, :])[:, None]
-        fully_masked = ~mask.any(-1)  # (b, 1, L) query rows with no key
-        for name, backend in (("default", None), ("math", SDPBackend.MATH), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
-                              ("cudnn", SDPBackend.CUDNN_ATTENTION)):
-            torch.manual_seed(0)
-            q, k, vv = (torch.randn(b, h, length, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-            try:
-                if backend is None:
-                    o = F.scaled_dot_product_attention(q, k, vv, attn_mask=mask)
-                else:
-                    with sdpa_kernel([backend]):
-                        o = F.scaled_dot_product_attention(q, k, vv, attn_mask=mask)
-                # the loss ignores padding queries, as a masked loss does
-                o.backward(torch.randn_like(o) * v[:, None, :, None])
-            except RuntimeError as exc:
-                out[f"{layout}/{name}"] = {"error": str(exc).splitlines()[0][:160]}
-                continue
-            out[f"{layout}/{name}"] = {
-                "fully_masked_rows": int(fully_masked.sum()),
-                "nan_out_fully_masked": bool(o.detach().isnan().any(-1)[fully_masked.expand(b, h, length)].any()) if fully_masked.any() else False,
-                "nan_out_other": bool(o.detach().isnan().any(-1)[~fully_masked.expand(b, h, length)].any()),
-                "nan_grad": {n: bool(t.grad.isnan().any()) for n, t in (("q", q), ("k", k), ("v", vv))},
-            }
-    return out
-
-
-def padding_probe(model, prompts: list[list[int]], comps: list[list[int]], temp: float) -> dict:
-    """LoRA gradients of sum(logp) over a batch mixing prompt lengths, in two layouts: prompts
-    left-padded with no position ids (how TRL 1.16 recomputes), and rollout.pack's right-padded
-    batch with real positions; each under the model's attention implementation."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    device = params[0].device
-    w = max(map(len, prompts))
-    c = max(map(len, comps))
-    ids = torch.zeros(len(prompts), w + c, dtype=torch.long)
-    att = torch.zeros_like(ids)
-    for i, (p, y) in enumerate(zip(prompts, comps)):
-        ids[i, w - len(p) : w + len(y)] = torch.tensor(p + y)
-        att[i, w - len(p) : w + len(y)] = 1
-    ids, att = ids.to(device), att.to(device)
-    res = {}
-    for layout in ("left_padded_no_positions", "right_padded_pack"):
-        model.zero_grad(set_to_none=True)
-        with poly.dropout_off(model):
-            if layout == "left_padded_no_positions":
-                logits = model(input_ids=ids, attention_mask=att, logits_to_keep=c + 1, use_cache=False).logits[:, :-1].float() / temp
-                lp = torch.log_softmax(logits, -1).gather(-1, ids[:, w:, None])[..., 0] * att[:, w:]
-            else:
-                from polychromic.training.rollout import token_logprobs
-
-                lp = token_logprobs(model, pack(prompts, comps, 0, device), temp)
-            lp.sum().backward()
-        bad = sum(int(not torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
-        res[layout] = {"finite_logp": bool(torch.isfinite(lp).all()), "lora_tensors_with_nonfinite_grad": bad, "of": len(params)}
-    model.zero_grad(set_to_none=True)
-    return res
-
-
-def probes(res: dict, model, prompt_ids, ro, cfg, dev, dtype, cuda: bool) -> None:
-    res["sdpa_kernels"] = sdpa_probe(dev, dtype) if cuda else "skipped: needs CUDA"
-    pp = [prompt_ids[0], prompt_ids[1][: max(1, len(prompt_ids[1]) // 2)]]
-    pc = [ro.completion_ids[0][0], ro.completion_ids[1][0]]
-    res["padding_probe"] = {"sdpa": padding_probe(model, pp, pc, cfg.rollout.diversity_temperature)}
-    set_attention(model, "eager")
-    try:
-        res["padding_probe"]["eager"] = padding_probe(model, pp, pc, cfg.rollout.diversity_temperature)
-    finally:
-        set_attention(model, "sdpa")
-    print(f"sdpa: {res['sdpa_kernels']}\npadding: {res['padding_probe']}", flush=True)
-
-
-def set_attention(model, impl: str) -> None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if hasattr(base, "set_attn_implementation"):
-        base.set_attn_implementation(impl)
-    else:
-        base.config._attn_implementation = impl
-
-
 def whole_step(model, tok, cfg, embedder, micro, texts, prompt_ids, opt, params, step: int) -> dict:
     sync()
     marks = [("start", time.perf_counter())]
@@ -295,9 +213,11 @@ def whole_step(model, tok, cfg, embedder, micro, texts, prompt_ids, opt, params,
 # ---------------------------------------------------------------------------------------------
 
 
-def setup(shape: str, device, dtype, work: Path):
+def setup(shape: str, device, dtype, work: Path, lora: str = "fast"):
+    """The model with its LoRA on `lora`'s path (use_lora_path), tokenizer, config, embedder, prompts."""
     base, tok = bm.build_model(shape, device, dtype)
     model = attach_lora(base, LoraConfig(r=16, alpha=16, dropout=0.1, target_modules=bm.TARGETS))
+    use_lora_path(model, lora)
     with torch.no_grad():  # a trained-looking adapter (B = 0 makes the A gradients and the merge trivial)
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -314,14 +234,82 @@ def setup(shape: str, device, dtype, work: Path):
     return model, tok, cfg, embedder, texts
 
 
+def use_lora_path(model, path: str) -> int:
+    """Train the LoRA layers through `path`: "fast" (training/fast_lora.py, the trainer's
+    default) or "peft" (peft's own forward). Forgets the recompute's bytes-per-token estimate,
+    so each path sizes its passes from its own memory. Returns the layers on the fast path."""
+    from polychromic.training import rollout
+
+    rollout._BYTES_PER_TOKEN.pop(model, None)
+    if path == "fast":
+        return fast_lora.install(model)
+    fast_lora.uninstall(model)
+    return 0
+
+
+def allocator_info(cuda: bool) -> dict:
+    """The caching allocator's settings as torch parsed them, and how many of its segments are
+    expandable."""
+    get = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+    out = {"settings": get() if get else None, "env": {k: os.environ.get(k) for k in ENV_NAMES}}
+    if cuda:
+        segs = torch.cuda.memory._snapshot().get("segments", [])
+        out.update(segments=len(segs), expandable=sum(bool(x.get("is_expandable")) for x in segs))
+    return out
+
+
+def lora_stages(model, tok, cfg, embedder, ro, texts, prompt_ids, opt, params, one, skip, repeats: int) -> dict:
+    """The stages a LoRA path changes: the policy-gradient term, SFT, the whole step."""
+    r: dict = {}
+    n = cfg.rollout.n_generations
+    variants = {"pg_batched": None} if "old_pg" in skip else {"pg_batched": None, "pg_group_by_group": n}
+    for key, rows in variants.items():
+        peak_reset()
+        info = {}
+
+        def go():
+            info.update(pg_pass(model, ro, embedder, cfg, rows))
+            model.zero_grad(set_to_none=True)
+        first = timed(go)[0]
+        t, runs = median_of(go, repeats, warmup=0)
+        r[key] = {"seconds": t, "runs": runs, "first_call_s": first, "best_s": min(runs), "passes": info["passes"],
+                  "recompute_rows": rows, "peak_gib": peak_gib()}
+        print(f"  {key}: {t:.3f} s in {info['passes']} passes (first {first:.3f} s), peak {peak_gib()} GiB", flush=True)
+    for key, micro, ckpt in one:
+        with_checkpointing(model, ckpt)
+        peak_reset()
+
+        def go():
+            sft_pass(model, micro)
+            model.zero_grad(set_to_none=True)
+        t, runs = median_of(go, repeats)
+        with_checkpointing(model, False)
+        r[key] = {"seconds": t, "runs": runs, "best_s": min(runs), "peak_gib": peak_gib()}
+        print(f"  {key}: {t:.3f} s, peak {peak_gib()} GiB", flush=True)
+    peak_reset()
+    steps = [whole_step(model, tok, cfg, embedder, one[0][1], texts, prompt_ids, opt, params, s) for s in range(repeats + 1)]
+    med = sorted(steps[1:], key=lambda x: x["total"])[len(steps[1:]) // 2]  # the first may meet a new shape bucket
+    r["step"] = {"median": med, "all_totals": [x["total"] for x in steps[1:]], "first_total": steps[0]["total"],
+                 "steps": steps, "peak_gib": peak_gib()}
+    print(f"  whole step {med['total']:.3f} s: {[round(x['total'], 3) for x in steps]}", flush=True)
+    return r
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(bm.SHAPES), default="8b")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list: sdpa,old_pg,old_sft,eval")
+    ap.add_argument("--lora", default="fast,peft", help="comma list of LoRA paths, each measured in turn: fast,peft")
+    ap.add_argument("--no-expandable-segments", action="store_true", help="keep the allocator's default segments")
+    ap.add_argument("--name", default="step_bench", help="the JSON file's stem")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
+    alloc = configure_allocator(not args.no_expandable_segments, "auto")  # what the trainer does, before CUDA starts
     skip = set(filter(None, args.skip.split(",")))
+    paths = [x for x in args.lora.split(",") if x]
+    if not paths or set(paths) - {"fast", "peft"}:
+        ap.error(f"--lora {args.lora!r}: a comma list of fast, peft")
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -329,9 +317,9 @@ def main(argv=None) -> int:
     import peft
     import transformers
 
-    res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu",
+    res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu", "lora_paths": paths,
                  "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                              "python": sys.version.split()[0]}}
+                              "python": sys.version.split()[0]}, "allocator_choice": alloc}
     print(res, flush=True)
     bw = copy_bandwidth(dev, (1 << 22) if tiny else (2 << 30))
     peak = matmul_peak(dev, 512 if tiny else 8192, dtype)
@@ -339,7 +327,7 @@ def main(argv=None) -> int:
     print(f"copy {bw / 1e12:.2f} TB/s, matmul {peak / 1e12:.0f} TFLOP/s", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="step_bench_"))
-    t, (model, tok, cfg, embedder, texts) = timed(lambda: setup(args.shape, dev, dtype, work))
+    t, (model, tok, cfg, embedder, texts) = timed(lambda: setup(args.shape, dev, dtype, work, lora=paths[0]))
     res["setup_s"] = t
     mcfg = model.get_base_model().config
     counts = param_counts(model)
@@ -350,7 +338,7 @@ def main(argv=None) -> int:
     texts, prompt_ids = texts[:m], [render_prompt(tok, cfg.data, t) for t in texts[:m]]
     elem = torch.empty((), dtype=dtype).element_size()
 
-    # -- rollouts
+    # -- rollouts (no_grad sampling: the same on either LoRA path)
     ro_fn = lambda: generate_rollouts(model, tok, texts, prompt_ids, cfg.rollout, seed=11)  # noqa: E731
     peak_reset()
     first, ro = timed(ro_fn)
@@ -361,9 +349,8 @@ def main(argv=None) -> int:
                        "fast_stats": dict(fastgen.last_stats) if cuda else None, "peak_gib": peak_gib()}
     res["floors"] = {"rollout": rollout_floor(counts, mcfg, prompt_ids, n, new, bw, peak, elem)}
     seqs = [len(prompt_ids[i]) + len(y) for i in range(m) for y in ro.completion_ids[i]]
-    positions = ro.n_tokens()
-    res["floors"]["pg_s"] = matmul_floor(counts, mcfg, seqs, positions, peak)
-    res["floors"]["pg_recompute_s"] = matmul_floor(counts, mcfg, seqs, positions, peak, recompute=True)
+    res["floors"]["pg_s"] = matmul_floor(counts, mcfg, seqs, ro.n_tokens(), peak)
+    res["floors"]["pg_recompute_s"] = matmul_floor(counts, mcfg, seqs, ro.n_tokens(), peak, recompute=True)
     res["pg_tokens"] = sum(seqs)
     print(f"rollouts {roll:.3f} s (first {first:.1f} s), floor {res['floors']['rollout']['rollout_s']:.3f} s; {sum(seqs)} pg tokens", flush=True)
 
@@ -373,41 +360,7 @@ def main(argv=None) -> int:
         return q, dist
     res["score_s"] = median_of(score, args.repeats)[0]
 
-    # -- policy-gradient term
-    variants = {"pg_batched": None} if "old_pg" in skip else {"pg_batched": None, "pg_group_by_group": n}
-    for key, rows in variants.items():
-        peak_reset()
-        info = {}
-
-        def go():
-            info.update(pg_pass(model, ro, embedder, cfg, rows))
-            model.zero_grad(set_to_none=True)
-        t, runs = median_of(go, args.repeats)
-        res[key] = {"seconds": t, "runs": runs, "passes": info["passes"], "recompute_rows": rows, "peak_gib": peak_gib(),
-                    "seconds_minus_score": t - res["score_s"]}
-        print(f"{key}: {t:.3f} s in {info['passes']} passes, peak {peak_gib()} GiB", flush=True)
-    res["pg_batched"]["x_floor"] = res["pg_batched"]["seconds_minus_score"] / res["floors"]["pg_s"]
-
-    # -- SFT
-    sft_seq, sft_prompt = (64, 32) if tiny else (256, 128)
-    one = sft_micro(mcfg.vocab_size, 16, sft_seq, sft_prompt, 1, dev)
-    res["floors"]["sft_s"] = matmul_floor(counts, mcfg, [sft_seq] * 16, 16 * (sft_seq - sft_prompt), peak)
-    sft_variants = [("sft_16x256", one, False)]
-    if "old_sft" not in skip:
-        sft_variants.append(("sft_4x4x256_ckpt", sft_micro(mcfg.vocab_size, 16, sft_seq, sft_prompt, 4, dev), True))
-    for key, micro, ckpt in sft_variants:
-        with_checkpointing(model, ckpt)
-        peak_reset()
-
-        def go():
-            sft_pass(model, micro)
-            model.zero_grad(set_to_none=True)
-        t, runs = median_of(go, args.repeats)
-        with_checkpointing(model, False)
-        res[key] = {"seconds": t, "runs": runs, "peak_gib": peak_gib(), "x_floor": t / res["floors"]["sft_s"]}
-        print(f"{key}: {t:.3f} s, peak {peak_gib()} GiB", flush=True)
-
-    # -- optimizer
+    # -- optimizer (the same on either LoRA path)
     opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
     grads = [torch.randn_like(p) * 1e-3 for p in params]
 
@@ -425,15 +378,29 @@ def main(argv=None) -> int:
     res["optimizer_s"] = statistics.median(opt_step() for _ in range(max(3, args.repeats)))
     res["floors"]["optimizer_s"] = 7 * 4 * counts["lora"] / bw
 
-    # -- the whole step, in the trainer's order
-    peak_reset()
-    steps = [whole_step(model, tok, cfg, embedder, one, texts, prompt_ids, opt, params, s) for s in range(args.repeats + 1)]
-    steps = steps[1:]  # the first may meet a new shape bucket
-    med = sorted(steps, key=lambda r: r["total"])[len(steps) // 2]
+    # -- per LoRA path, in turn: the policy-gradient term, SFT, the whole step
+    sft_seq, sft_prompt = (64, 32) if tiny else (256, 128)
+    one = [("sft_16x256", sft_micro(mcfg.vocab_size, 16, sft_seq, sft_prompt, 1, dev), False)]
+    if "old_sft" not in skip:
+        one.append(("sft_4x4x256_ckpt", sft_micro(mcfg.vocab_size, 16, sft_seq, sft_prompt, 4, dev), True))
     fl = res["floors"]
-    res["step"] = {"median": med, "all_totals": [r["total"] for r in steps], "peak_gib": peak_gib(),
-                   "floor_s": fl["sft_s"] + fl["rollout"]["rollout_s"] + fl["pg_s"] + fl["optimizer_s"]}
-    print(f"whole step {med['total']:.3f} s: {med}", flush=True)
+    fl["sft_s"] = matmul_floor(counts, mcfg, [sft_seq] * 16, 16 * (sft_seq - sft_prompt), peak)
+    fl["step_s"] = fl["sft_s"] + fl["rollout"]["rollout_s"] + fl["pg_s"] + fl["optimizer_s"]
+    res["lora"] = {}
+    for path in paths:
+        layers = use_lora_path(model, path)
+        print(f"LoRA path {path} ({layers} layers on the fast path)", flush=True)
+        r = res["lora"][path] = lora_stages(model, tok, cfg, embedder, ro, texts, prompt_ids, opt, params, one, skip, args.repeats)
+        r["fast_layers"] = layers
+        for key in ("pg_batched", "pg_group_by_group"):
+            if key in r:
+                r[key]["seconds_minus_score"] = r[key]["seconds"] - res["score_s"]
+                r[key]["x_floor"] = r[key]["seconds_minus_score"] / fl["pg_s"]
+        for key, _, _ in one:
+            r[key]["x_floor"] = r[key]["seconds"] / fl["sft_s"]
+        r["step"]["x_floor"] = r["step"]["median"]["total"] / fl["step_s"]
+    res["allocator"] = allocator_info(cuda)
+    use_lora_path(model, paths[0])
 
     # -- SDPA with padding
     if "sdpa" not in skip:
@@ -450,7 +417,7 @@ def main(argv=None) -> int:
     summary(res)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        print(f"wrote {atomic_write_json(Path(args.out) / 'step_bench.json', res)}")
+        print(f"wrote {atomic_write_json(Path(args.out) / f'{args.name}.json', res)}")
     return 0
 
 
@@ -470,22 +437,32 @@ def eval_stage(res: dict, model, tok, cfg, texts, cuda: bool) -> None:
 
 
 def summary(res: dict) -> None:
-    fl = res["floors"]
-    rows = [("rollouts 8 x 5 x 100", res["rollouts"]["seconds"], fl["rollout"]["rollout_s"]),
-            ("score (embed, distances, advantages)", res["score_s"], None),
-            ("pg term, batched (score excluded)", res["pg_batched"]["seconds_minus_score"], fl["pg_s"])]
-    if "pg_group_by_group" in res:
-        rows.append(("pg term, group by group (score excl.)", res["pg_group_by_group"]["seconds_minus_score"], fl["pg_s"]))
-    rows.append(("SFT 16 x 256, one pass", res["sft_16x256"]["seconds"], fl["sft_s"]))
-    if "sft_4x4x256_ckpt" in res:
-        rows.append(("SFT 4 x (4 x 256), checkpointing", res["sft_4x4x256_ckpt"]["seconds"], fl["sft_s"]))
-    rows.append(("clip + AdamW", res["optimizer_s"], fl["optimizer_s"]))
-    rows.append(("whole polychromic step", res["step"]["median"]["total"], res["step"]["floor_s"]))
-    print(f"\n{'stage':40s} {'seconds':>9s} {'floor':>9s} {'x floor':>8s}")
-    for name, t, f in rows:
-        print(f"{name:40s} {t:9.3f} {f if f is not None else math.nan:9.3f} {t / f if f else math.nan:8.2f}")
+    fl, paths = res["floors"], res["lora_paths"]
+    lora = res["lora"]
+
+    def each(get):
+        return [get(lora[p]) if get(lora[p]) is not None else None for p in paths]
+
+    rows = [("rollouts 8 x 5 x 100", [res["rollouts"]["seconds"]] * len(paths), fl["rollout"]["rollout_s"]),
+            ("score (embed, distances, advantages)", [res["score_s"]] * len(paths), None),
+            ("pg term, batched (score excluded)", each(lambda r: r["pg_batched"]["seconds_minus_score"]), fl["pg_s"]),
+            ("pg term, batched, best run", each(lambda r: r["pg_batched"]["best_s"] - res["score_s"]), fl["pg_s"])]
+    if "pg_group_by_group" in lora[paths[0]]:
+        rows.append(("pg term, group by group (score excl.)", each(lambda r: r["pg_group_by_group"]["seconds_minus_score"]), fl["pg_s"]))
+    rows.append(("SFT 16 x 256, one pass", each(lambda r: r["sft_16x256"]["seconds"]), fl["sft_s"]))
+    if "sft_4x4x256_ckpt" in lora[paths[0]]:
+        rows.append(("SFT 4 x (4 x 256), checkpointing", each(lambda r: r["sft_4x4x256_ckpt"]["seconds"]), fl["sft_s"]))
+    rows.append(("clip + AdamW", [res["optimizer_s"]] * len(paths), fl["optimizer_s"]))
+    rows.append(("whole polychromic step (median)", each(lambda r: r["step"]["median"]["total"]), fl["step_s"]))
+    rows.append(("whole polychromic step (slowest)", each(lambda r: max(r["step"]["all_totals"])), fl["step_s"]))
+    head = "".join(f" {p + ' s':>9s} {'x floor':>8s}" for p in paths)
+    print(f"\n{'stage':40s} {'floor':>9s}{head}")
+    for name, ts, f in rows:
+        cells = "".join(f" {t:9.3f} {t / f if f else math.nan:8.2f}" for t in ts)
+        print(f"{name:40s} {f if f is not None else math.nan:9.3f}{cells}")
     if "eval" in res:
         print(f"eval 500 x 10 x 100 per model (projected from 50 x 10): {res['eval']['projected_500x10_s']:.1f} s")
+    print(f"allocator: {res['allocator']}")
 
 
 if __name__ == "__main__":

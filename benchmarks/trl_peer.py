@@ -4,12 +4,14 @@ Work per optimizer step, both sides: 8 prompts x 5 samples x 100 new tokens samp
 (top_p 1, top_k 0), the policy-gradient loss over the 40 completions, one AdamW step on a LoRA
 r=16 / alpha 16 / dropout 0.1 on the seven projections of a random-weight Qwen3-8B-shaped model
 (bench_models.py; the same seed, so the same weights on both sides). No KL term (TRL's beta = 0,
-our kl_beta = 0), no SFT micro-batches on our side (TRL has none).
+our kl_beta = 0), no SFT micro-batches on our side (TRL has none). Both sides run in this
+process under the trainer's allocator setting (expandable segments; training/allocator.py).
 
 - ours: generate_rollouts + polychromic.rollout_term (objective.quality=constant: set-diversity
   advantages, non-zero in every group) + clip + AdamW, as the trainer does them; median of
-  --repeats after a warm-up step (the first call compiles the decode step). With the model's
-  attention as `sdpa` (our default) and as `eager` (TRL's setting below).
+  --repeats after a warm-up step (the first call compiles the decode step). With the LoRA
+  layers on the trainer's fast path (training/fast_lora.py) and the model's attention as `sdpa`
+  (our default) and as `eager` (TRL's setting below), then on peft's own layer forward (sdpa).
 - TRL 1.16 GRPOTrainer, per_device_train_batch_size 40 (all 40 completions in one forward/
   backward), num_generations 5, max_completion_length 100, peft_config as above, the rest TRL's
   defaults (gradient checkpointing on, bf16): (a) as shipped, transformers generate; (b) its best
@@ -46,19 +48,22 @@ import step_bench as sb  # noqa: E402
 
 from polychromic.data import render_prompt  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
+from polychromic.training.allocator import configure_allocator  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.rollout import generate_rollouts, rollout_seed  # noqa: E402
 
 LR = 2e-4
 
 
-def ours(args, dev, dtype, work: Path) -> dict:
-    model, tok, cfg, embedder, texts = sb.setup(args.shape, dev, dtype, work)
+def ours(args, dev, dtype, work: Path, paths: list[str]) -> dict:
+    """Our step per (LoRA path, attention): the first path under sdpa and eager, the others under sdpa."""
+    model, tok, cfg, embedder, texts = sb.setup(args.shape, dev, dtype, work, lora=paths[0])
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=cfg.trainer.weight_decay)
     m = cfg.rollout.max_examples_for_diversity
     out = {}
-    for impl in ("sdpa", "eager"):
+    for path, impl in [(paths[0], "sdpa"), (paths[0], "eager")] + [(p, "sdpa") for p in paths[1:]]:
+        sb.use_lora_path(model, path)
         sb.set_attention(model, impl)
         times, parts = [], []
         for step in range(args.repeats + 1):
@@ -80,8 +85,8 @@ def ours(args, dev, dtype, work: Path) -> dict:
                 times.append(t2 - t0)
                 parts.append({"rollouts": t1 - t0, "pg_and_optimizer": t2 - t1})
         med = statistics.median(times)
-        out[impl] = {"step_s": med, "steps_s": times, "parts": parts}
-        print(f"ours ({impl}): {med:.3f} s per step {times}", flush=True)
+        out[f"{path}/{impl}"] = {"step_s": med, "steps_s": times, "parts": parts, "lora": path, "attention": impl}
+        print(f"ours ({path} LoRA, {impl}): {med:.3f} s per step {times}", flush=True)
     sb.set_attention(model, "sdpa")
     from polychromic.generation import fast as fastgen
 
@@ -179,8 +184,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--trl-steps", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list: cb")
+    ap.add_argument("--lora", default="fast,peft", help="our LoRA paths, comma list: fast (the trainer's default), peft")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
+    alloc = configure_allocator(True, "auto")  # as the trainer does, before CUDA starts; TRL runs under the same
+    paths = [x for x in args.lora.split(",") if x]
+    if not paths or set(paths) - {"fast", "peft"}:
+        ap.error(f"--lora {args.lora!r}: a comma list of fast, peft")
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -188,20 +198,20 @@ def main(argv=None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="trl_peer_"))
     res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu", "trl": trl.__version__,
-                 "torch": torch.__version__}
-    res["ours"] = ours(args, dev, dtype, work)
+                 "torch": torch.__version__, "allocator_choice": alloc}
+    res["ours"] = ours(args, dev, dtype, work, paths)
     res["trl_generate"] = trl_run(args, dev, dtype, work, continuous=False)
     if "cb" not in args.skip:
         res["trl_continuous_batching"] = trl_run(args, dev, dtype, work, continuous=True)
     print("\n== per optimizer step, 8 x 5 x 100 rollouts + policy gradient over 40 + AdamW ==")
-    mine = res["ours"]["sdpa"]["step_s"]
+    for name, o in res["ours"].items():
+        print(f"ours, {name:22s} {o['step_s']:7.3f} s")
+    res["ratios"] = {}
     for key in ("trl_generate", "trl_continuous_batching"):
         r = res.get(key)
         if r and r["step_s"]:
-            res[f"ratio_{key}"] = r["step_s"] / mine
-            res[f"ratio_{key}_eager"] = r["step_s"] / res["ours"]["eager"]["step_s"]
-            print(f"{key:28s} {r['step_s']:7.2f} s  = {r['step_s'] / mine:5.1f} x ours (sdpa {mine:.3f} s), "
-                  f"{r['step_s'] / res['ours']['eager']['step_s']:5.1f} x ours with eager attention")
+            res["ratios"][key] = {name: r["step_s"] / o["step_s"] for name, o in res["ours"].items()}
+            print(f"{key:28s} {r['step_s']:7.2f} s  = " + ", ".join(f"{x:5.1f} x ours ({name})" for name, x in res["ratios"][key].items()))
         elif r:
             print(f"{key:28s} failed: {r['error']}")
     if args.out:

@@ -264,7 +264,7 @@ def test_killed_evaluation_resumes_without_regenerating(tiny_model_dir, prepared
     run = tmp_path / "killed"
     cfg = make_cfg(tiny_model_dir, prepared, adapter_dir, run, batch_size=K)
     (tmp_path / "cfg.yaml").write_text(to_yaml(cfg))
-    env = {**os.environ, "PYTHONPATH": str(Path(ev.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(ev.__file__).resolve().parents[2])}  # src/, the tree under test
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "cfg.yaml")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     samples = run / "samples.jsonl"

@@ -1,6 +1,6 @@
 """The policy-gradient recompute batched across prompt groups: the chunked tempered log-softmax
-against torch's, and rollout_term's gradient (one pass, one sequence per pass) against a plain
-group-by-group reference that runs every sequence on its own, unpadded."""
+against torch's, and rollout_term's gradient (one pass, one sequence per pass, through the fast
+LoRA path) against a plain group-by-group reference that runs every sequence on its own, unpadded."""
 
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ import torch
 
 from polychromic.config import LoraConfig, ModelConfig, load_config
 from polychromic.models import attach_lora, load_base_model, load_tokenizer
+from polychromic.training import fast_lora
 from polychromic.training.objectives import polychromic as poly
 from polychromic.training.rollout import generate_rollouts, pack, rows_per_pass, tempered_logprobs, token_logprobs
 
@@ -128,6 +129,15 @@ def test_batched_recompute_gives_the_group_by_group_gradient(tiny):
         for n in ref:
             torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-7, msg=f"{n} with recompute_rows={rows}")
         assert terms.logs["train/kl"] >= 0
+    # the trainer's LoRA path (training/fast_lora.py) against the same peft-path reference
+    assert fast_lora.install(model) == 6
+    try:
+        poly.rollout_term(model, ro, _embed, load_config(None, base), lambda loss: loss.backward())
+        got = _grads(model)
+    finally:
+        fast_lora.uninstall(model)
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-7, msg=f"{n} through fast_lora")
 
 
 def test_token_logprobs_rejects_an_eos_inside_the_min_new_tokens_block(tiny):

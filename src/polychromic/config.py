@@ -196,6 +196,19 @@ class TrainerConfig:
     diversity_floor: float = 0.01
     """Alert when train/diversity_score falls under this."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    fast_lora: bool = True
+    """Train the LoRA layers over plain nn.Linear through one autograd function each
+    (training/fast_lora.py) instead of peft's forward: no float32 copy of a bfloat16 input, a
+    few matmuls forward and backward. Equal to peft up to float rounding in float32; in bfloat16
+    the low-rank branch is a bfloat16 matmul. float16, DoRA, merged or disabled adapters and
+    no_grad calls keep peft's forward; the saved adapter is peft's either way. false trains
+    on peft's forward (what reproduces a run trained that way bit for bit)."""
+    expandable_segments: bool = True
+    """On CUDA, start the caching allocator with expandable segments (PYTORCH_ALLOC_CONF, or
+    PYTORCH_CUDA_ALLOC_CONF on torch before 2.9, = expandable_segments:True), so the SFT pass,
+    the rollouts and the recompute reuse one growing segment instead of freeing and allocating
+    blocks. Skipped when either variable is set or CUDA is already initialised in the process
+    (training/allocator.py)."""
 
 
 @dataclass

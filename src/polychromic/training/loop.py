@@ -18,6 +18,9 @@ Reproducibility: data order is a function of (seed, epoch), rollouts of (seed, s
 checkpoints hold the adapter, optimizer, scheduler, every RNG state and the data position, so a
 run killed at any point and resumed ends with the same adapter as an uninterrupted one. Saving
 and loading them (and the final adapter) is checkpoint.py's; non-finite steps are guards.py's.
+
+Speed: the LoRA layers train through fast_lora.py (trainer.fast_lora), and on CUDA the
+allocator starts with expandable segments (trainer.expandable_segments, allocator.py).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from polychromic.data import collate, encode_example, load_split, render_prompt
 from polychromic.models import attach_lora, load_base_model, load_embedder, load_tokenizer, pick_device
 from polychromic.models import stack_adapters
 from polychromic.rundir import ADAPTER_DIR
+from polychromic.training import fast_lora
+from polychromic.training.allocator import configure_allocator
 from polychromic.training.checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from polychromic.training.guards import NonFiniteError, nonfinite_step
 from polychromic.training.monitor import Monitor
@@ -56,6 +61,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     from accelerate import Accelerator, InitProcessGroupKwargs
 
+    configure_allocator(cfg.trainer.expandable_segments, cfg.trainer.device)  # before anything starts CUDA
     t = cfg.trainer.collective_timeout_s  # bounds the wait for a hung peer (a dead one fails at once)
     kwargs = [InitProcessGroupKwargs(timeout=timedelta(seconds=t))] if t is not None else []
     acc = Accelerator(cpu=cfg.trainer.device == "cpu", kwargs_handlers=kwargs)
@@ -181,6 +187,8 @@ class _Setup:
         # fresh LoRA below is then the only trainable part, and disable_adapter() is the SFT policy.
         base = load_base_model(cfg.model, self.device)
         self.model = attach_lora(base, cfg.lora, cfg.model.gradient_checkpointing)
+        # The lean LoRA forward/backward (fast_lora.py); the parameters and the saved adapter stay peft's.
+        self.fast_lora_layers = fast_lora.install(self.model) if t.fast_lora else 0
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)

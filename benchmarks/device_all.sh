@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The GPU benchmarks behind docs/performance.md, one group per invocation, each within a
+# 10-minute wall limit. From the repository root:
+#
+#   bash benchmarks/device_all.sh step OUTDIR   # step_bench.py, both LoRA paths side by side (fast, peft);
+#                                               # then the fast path once more with the allocator's default
+#                                               # segments (step_bench_default_segments.json)
+#   bash benchmarks/device_all.sh peer OUTDIR   # trl_peer.py: our step beside TRL 1.16 GRPOTrainer (transformers
+#                                               # generate, then continuous batching), one process; installs the
+#                                               # wheels of ${WHEELS:-.whl2} into /tmp/site first
+#   bash benchmarks/device_all.sh run OUTDIR    # moderate_run.py: the whole moderate run through `polychromic
+#                                               # train` under a 76 GiB cap (model folder in ${BENCH_WORK:-/root/bench})
+#
+# Each writes its JSON and <mode>.log under OUTDIR. A group cut by its time limit keeps what it
+# wrote; a cut moderate run leaves its per-step metrics as moderate_metrics_partial.jsonl.
+# BENCH_SMOKE=1 runs the same commands on the tiny shape on a CPU (seconds; the timings mean
+# nothing); WHEELS=none skips the wheel install where trl is already installed.
+set -uo pipefail
+
+mode=${1:-}
+out=${2:-}
+if [[ -z $out || ! $mode =~ ^(step|peer|run)$ ]]; then
+  echo "usage: bash benchmarks/device_all.sh step|peer|run OUTDIR" >&2
+  exit 2
+fi
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+log="$out/$mode.log"
+export PYTHONPATH=src HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+
+versions() {
+  nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader 2>&1 | head -4
+  python3 -c "import sys, torch, transformers, peft, accelerate; print('python', sys.version.split()[0], 'torch', torch.__version__,
+'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
+}
+
+# run SECONDS CMD...: the command under a time limit, its output appended to the log; its exit status
+run() {
+  local limit=$1
+  shift
+  echo "+ $*" | tee -a "$log"
+  timeout --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$log"
+  local rc=${PIPESTATUS[0]}
+  echo "exit status $rc" | tee -a "$log"
+  return "$rc"
+}
+
+if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
+  step_args=(--shape tiny --repeats 1) skip_more=,eval peer_args=(--shape tiny --repeats 1 --trl-steps 2)
+  run_args=(--shape tiny --examples 96 --device cpu)
+else
+  step_args=(--repeats 3) skip_more= peer_args=(--repeats 3 --trl-steps 3) run_args=(--memory-gb 76)
+fi
+
+versions 2>&1 | tee "$log"
+status=0
+case $mode in
+  step)
+    run 380 python3 benchmarks/step_bench.py "${step_args[@]}" --skip old_sft$skip_more --lora fast,peft --out "$out" || status=$?
+    run 190 python3 benchmarks/step_bench.py "${step_args[@]}" --skip old_sft,old_pg,sdpa,eval --lora fast \
+      --no-expandable-segments --name step_bench_default_segments --out "$out" || status=$?
+    ;;
+  peer)
+    wheels=${WHEELS:-.whl2}
+    if [[ $wheels != none ]]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$wheels"/*.whl 2>&1 | tee -a "$log"
+      export PYTHONPATH=/tmp/site:src
+    fi
+    python3 -c "import trl, datasets, pyarrow, huggingface_hub, fsspec; print('trl', trl.__version__, 'datasets', datasets.__version__,
+'pyarrow', pyarrow.__version__, 'huggingface_hub', huggingface_hub.__version__, 'fsspec', fsspec.__version__)" 2>&1 | tee -a "$log"
+    run 570 python3 benchmarks/trl_peer.py "${peer_args[@]}" --lora fast,peft --out "$out" || status=$?
+    ;;
+  run)
+    work=${BENCH_WORK:-/root/bench}
+    run 575 python3 benchmarks/moderate_run.py "${run_args[@]}" --work "$work" --out "$out" || status=$?
+    if [[ ! -f $out/moderate_run.json ]]; then
+      for m in "$work"/runs/*/seed_*/metrics.jsonl; do
+        [[ -f $m ]] && cp "$m" "$out/moderate_metrics_partial.jsonl"
+      done
+    fi
+    ;;
+esac
+exit "$status"
