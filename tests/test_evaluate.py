@@ -481,3 +481,34 @@ def test_common_random_numbers_across_models(evaluated, tiny_model_dir, prepared
                      batch_size=3)
     with pytest.raises(ev.EvaluationError, match="was sampled with seed .* Keep eval.batch_size"):
         ev.evaluate(other)
+
+
+def test_evaluation_embedder_gets_every_sample_in_one_call(evaluated, tmp_path):
+    """The semantic metrics' encoder is called once with every sample text (an encoder that runs
+    one batch at a time, E5 on the CPU, is much faster so), and the metrics equal those of an
+    encoder that embeds each text alone."""
+    import shutil
+
+    import numpy as np
+
+    from polychromic.models import load_embedder
+
+    _, out, _ = evaluated
+    d = tmp_path / "batched"
+    shutil.copytree(out, d)
+    minilm = load_embedder()
+    calls: list[int] = []
+
+    def counting(texts):
+        calls.append(len(texts))
+        return np.concatenate([minilm([t]) for t in texts]) if texts else minilm(texts)
+
+    ev.score(d, eval_embedder=counting)
+    n_samples = sum(1 for r in io.read_jsonl(d / "samples.jsonl") if r["kind"] == "sample")
+    distinct = len({r["text"] for r in io.read_jsonl(d / "samples.jsonl") if r["kind"] == "sample"})
+    assert calls == [distinct] and distinct <= n_samples
+    old = {(r["model"], r["prompt_id"]): r["metrics"] for r in io.read_jsonl(out / "per_prompt.jsonl")}
+    new = {(r["model"], r["prompt_id"]): r["metrics"] for r in io.read_jsonl(d / "per_prompt.jsonl")}
+    for u in old:
+        if old[u]["mean_pairwise_cosine_distance"] is not None:
+            assert new[u]["mean_pairwise_cosine_distance"] == pytest.approx(old[u]["mean_pairwise_cosine_distance"], abs=1e-5)

@@ -61,3 +61,22 @@ def test_quickstart_fast_end_to_end(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "training: all 2 run(s) done" in r2.stdout, r2.stdout[-2000:]
     assert (tmp_path / "eval" / "T0.7" / "samples.jsonl").read_bytes() == before
+
+
+def test_gpu_quickstart_is_the_result_recipe_at_one_seed_on_validation(tmp_path):
+    from polychromic.config import EMBEDDED_E5
+    from polychromic.experiment.plan import make_plan
+    from polychromic.experiment.spec import load_spec
+    from polychromic.quickstart import quickstart_spec
+
+    spec = quickstart_spec(tmp_path, gpu=True)
+    result = load_spec("result")
+    assert spec.seeds == [0] and spec.eval.split == "val" and spec.split_seed == result.split_seed
+    assert [a.name for a in spec.arms] == ["sft", "polychromic_moderate"]
+    moderate = next(a for a in spec.arms if a.name == "polychromic_moderate")
+    assert moderate.init_from == "sft" and moderate.config == next(a.config for a in result.arms if a.name == moderate.name)
+    assert spec.eval.embedder == EMBEDDED_E5  # held out: no training reward uses it
+    assert {t.arm for t in spec.targets} == {"polychromic_moderate"}
+    plan = make_plan(spec)
+    assert [(r.arm, r.seed) for r in plan.train] == [("sft", 0), ("polychromic_moderate", 0)]
+    assert all(str(r.run_dir).startswith(str(tmp_path.resolve())) for r in plan.train)

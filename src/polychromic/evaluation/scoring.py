@@ -141,6 +141,9 @@ def score(eval_dir: str | Path, embedder: Callable[[Sequence[str]], np.ndarray] 
               for r, q, v, g in zip(rows, parts["quality"], rel, parts["guard"])]
     io.atomic_write_jsonl(out / SCORES_FILE, scores)
 
+    # every sample text in one call (then per prompt from the memo): an encoder that runs one
+    # batch at a time (E5 on the CPU) is ~5x faster on one large batch than on k texts per call
+    eval_embed([t for r, t in zip(rows, texts) if r["kind"] == "sample"])
     per_prompt = []
     at = 0
     for n in names:
