@@ -389,6 +389,29 @@ def test_sigkill_in_training_and_in_evaluation_then_rerun_is_byte_identical(refe
     assert not differ, differ
 
 
+def test_evaluations_in_parallel_processes_write_the_same_files(reference, tmp_path):
+    """The reference experiment's trainings, its evaluations redone two temperature folders at a
+    time in `polychromic evaluate` processes: every final file equals the in-process run's byte
+    for byte, each folder has its log, and a rerun evaluates nothing."""
+    root_ref, _, _ = reference
+    root = tmp_path / "parallel_eval"
+    shutil.copytree(root_ref, root, ignore=shutil.ignore_patterns("logs"))
+    out = root / "out"
+    for gone in ("eval", "report"):
+        shutil.rmtree(out / gone)
+    r = cli(["experiment", "run", "spec.yaml", "--eval-parallel", "2"], root)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    temps = sorted(p.name for p in (root_ref / "out" / "eval").iterdir())
+    assert len(temps) >= 2 and all((out / "logs" / f"eval_{t}.log").is_file() for t in temps)
+    assert "evaluate T = " in r.stdout and "(log " in r.stdout
+    ref, got = final_files(root_ref / "out"), final_files(out)
+    assert sorted(got) == sorted(ref)
+    differ = [k for k in ref if ref[k] != got[k]]
+    assert not differ, differ
+    again = cli(["experiment", "run", "spec.yaml", "--eval-parallel", "2"], root)
+    assert again.returncode == 0 and "(log " not in again.stdout and again.stdout.count(": done (") >= len(temps)
+
+
 # ---------------------------------------------------------------------------------------------
 # Targets and verdict on known numbers
 

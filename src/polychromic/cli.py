@@ -119,7 +119,7 @@ def cmd_experiment_run(args) -> int:
 
     try:
         paths = run(load_spec(args.spec, args.overrides), parallel=args.parallel, retries=args.retries,
-                    write_report=not args.no_report)
+                    write_report=not args.no_report, eval_parallel=args.eval_parallel)
     except ExperimentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     er = with_spec("run", cmd_experiment_run, "train, evaluate and report; a rerun skips what is done")
     er.add_argument("--parallel", type=int, default=None, help="trainings at a time (default: the spec's `parallel`)")
     er.add_argument("--retries", type=int, default=1, help="resume a failed training this many times")
+    er.add_argument("--eval-parallel", type=int, default=None,
+                    help="temperature folders evaluated at a time, one process each (default: the spec's eval.parallel)")
     er.add_argument("--no-report", action="store_true",
                     help="stop after the evaluations (render later, anywhere: `experiment report DIR`)")
     with_spec("report", cmd_experiment_report, "write results.json, report.md, report.html from the experiment's files")

@@ -213,31 +213,74 @@ def evaluated(cfg: Config) -> bool:
     return all(m.name in models and all((m.name, p) in have for p in prompts) for m in cfg.eval.models)
 
 
-def evaluate_all(plan: Plan) -> list[Path]:
+def evaluate_all(plan: Plan, parallel: int = 1) -> list[Path]:
     """One evaluation folder per temperature (cached: a rerun generates only what is missing,
-    and a folder already scored for exactly this config is not even rescored)."""
+    and a folder already scored for exactly this config is not even rescored); `parallel` > 1
+    evaluates that many folders at a time, each in its own `polychromic evaluate` process."""
     from polychromic.evaluation import run as evaluation
 
-    out = []
+    out, todo = [], []
     for t in plan.temperatures:
         cfg = eval_config(plan.spec, t)
         missing = [m.name for m in cfg.eval.models if not is_finished(Path(m.adapter).parent) or not Path(m.adapter).is_dir()]
         if missing:
             raise ExperimentError(f"evaluation at T = {t:g}: runs not finished: {missing}")
+        out.append(Path(cfg.eval.output_dir))
         if evaluated(cfg):
             _say(f"evaluate T = {t:g}: done ({cfg.eval.output_dir})")
-            out.append(Path(cfg.eval.output_dir))
-            continue
-        _say(f"evaluate T = {t:g}: {len(cfg.eval.models)} model(s) -> {cfg.eval.output_dir}")
-        out.append(evaluation.evaluate(cfg))
+        else:
+            todo.append((t, cfg))
+    if parallel <= 1:
+        for t, cfg in todo:
+            _say(f"evaluate T = {t:g}: {len(cfg.eval.models)} model(s) -> {cfg.eval.output_dir}")
+            evaluation.evaluate(cfg)
+        return out
+    _evaluate_in_processes(plan.spec, todo, parallel)
     return out
+
+
+def _evaluate_in_processes(spec: ExperimentSpec, todo: list[tuple[float, Config]], parallel: int) -> None:
+    """`polychromic evaluate` on each folder's config, `parallel` at a time; logs/eval_T<t>.log."""
+    failed: list[str] = []
+    running: dict[float, tuple[subprocess.Popen, float, Path]] = {}
+    queue = list(todo)
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                t, cfg = queue.pop(0)
+                config_file = spec.out / LOGS_DIR / f"eval_T{t:g}.yaml"
+                io.atomic_write_text(config_file, to_yaml(cfg))
+                log_file = spec.out / LOGS_DIR / f"eval_T{t:g}.log"
+                cmd = [sys.executable, "-m", "polychromic", "evaluate", str(config_file)]
+                _say(f"evaluate T = {t:g}: {len(cfg.eval.models)} model(s) -> {cfg.eval.output_dir} (log {log_file})")
+                with open(log_file, "ab") as log:
+                    log.write(f"$ {' '.join(cmd)}\n".encode())
+                    log.flush()
+                    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(parallel), preexec_fn=_die_with_parent)
+                running[t] = (p, time.monotonic(), log_file)
+            time.sleep(POLL_SECONDS)
+            for t, (p, t0, log_file) in list(running.items()):
+                if p.poll() is None:
+                    continue
+                del running[t]
+                ok = p.returncode == 0
+                _say(f"  evaluate T = {t:g}: {'done' if ok else 'FAILED: ' + describe_exit(p.returncode)} ({time.monotonic() - t0:.0f} s)")
+                if not ok:
+                    failed.append(f"  T = {t:g}: {describe_exit(p.returncode)} (see {log_file})")
+    except BaseException:
+        for p, _, _ in running.values():
+            p.wait()
+        raise
+    if failed:
+        raise ExperimentError("evaluation failed:\n" + "\n".join(failed))
 
 
 # ---------------------------------------------------------------------------------------------
 # The whole experiment
 
 
-def run(spec: ExperimentSpec, parallel: int | None = None, retries: int = 1, write_report: bool = True) -> list[Path]:
+def run(spec: ExperimentSpec, parallel: int | None = None, retries: int = 1, write_report: bool = True,
+        eval_parallel: int | None = None) -> list[Path]:
     """Every stage, skipping what is done. Returns the report files written (none when
     `write_report` is False: train and evaluate on the GPU machine, render the report elsewhere
     from the folder with `polychromic experiment report DIR`)."""
@@ -251,7 +294,7 @@ def run(spec: ExperimentSpec, parallel: int | None = None, retries: int = 1, wri
     prepare_data(spec, configs)
     write_configs(configs)
     train_all(plan, parallel or spec.parallel, retries)
-    evaluate_all(plan)
+    evaluate_all(plan, eval_parallel or spec.eval.parallel)
     if not write_report:
         _say(f"evaluations done; report skipped: polychromic experiment report {spec.out}")
         return []

@@ -74,6 +74,10 @@ class EvalSpec:
     """The quality axes of the temperature-matched comparison: metrics that move with the decoding
     temperature (untempered ref_nll and greedy ROUGE-L do not: the baseline's curve is flat)."""
     max_prompts: Optional[int] = None
+    parallel: int = 1
+    """Temperature folders evaluated at a time, each in its own `polychromic evaluate` process (a
+    small model leaves the GPU mostly idle); 1 = one after the other in this process. The files
+    written are the same either way."""
     seed: int = 0
     """Seed of the evaluation's sampling (with the model name and prompt ids)."""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -313,6 +317,7 @@ def _invariants(s: ExperimentSpec) -> list[str]:
         need(all(t > 0 for t in ts), f"eval.{key}: temperatures must be > 0, got {ts}")
         need(len(set(ts)) == len(ts), f"eval.{key}: duplicates in {ts}")
     need(v.max_prompts is None or v.max_prompts >= 1, "eval.max_prompts: must be >= 1")
+    need(v.parallel >= 1, "eval.parallel: must be >= 1")
     need(len(v.primary_metrics) >= 1, "eval.primary_metrics: at least one metric")
     e += _metric_errors(v.primary_metrics, "eval.primary_metrics", "diversity")
     e += _metric_errors(v.quality_metrics, "eval.quality_metrics", "quality")
