@@ -311,3 +311,32 @@ def test_training_finishes_when_its_tracker_fails(tmp_path, tiny_model_dir, monk
     assert state["status"] == "done" and (run / "adapter" / "adapter_model.safetensors").is_file()
     assert [d["step"] for d in state["trackers_dropped"]] == [2] and FailingTracker.logged == [1]
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_close_that_fails_after_a_dropped_log_is_reported_too(tmp_path, capsys, monkeypatch):
+    """The log fails (the tracker is dropped), then its close("failed") fails as well: both get a
+    warning, the credential masked in each, and the run's own record is unaffected."""
+    from polychromic.training.trackers import GuardedTracker
+
+    monkeypatch.setenv("WANDB_API_KEY", SECRETS["WANDB_API_KEY"])
+
+    class Broken:
+        name = "wandb"
+
+        def log(self, step, values):
+            raise ConnectionError(f"upload refused for key {SECRETS['WANDB_API_KEY']}")
+
+        def close(self, status):
+            raise RuntimeError(f"finish failed ({status}) for key {SECRETS['WANDB_API_KEY']}")
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    g = GuardedTracker(Broken(), run_dir)
+    g.log(3, {"train/loss": 1.0})
+    g.log(4, {"train/loss": 0.5})  # dropped: not called again
+    g.close("done")
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING tracker wandb")]
+    assert len(err) == 2 and "dropped (log at step 3 failed: ConnectionError" in err[0]
+    assert "closing it after the failure failed too: RuntimeError: finish failed (failed)" in err[1]
+    assert SECRETS["WANDB_API_KEY"] not in "".join(err) and "<WANDB_API_KEY>" in err[1]
+    assert [d["step"] for d in read_state(run_dir)["trackers_dropped"]] == [3]

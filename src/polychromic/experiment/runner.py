@@ -133,11 +133,15 @@ def _spawn(r: TrainRun, parallel: int) -> subprocess.Popen:
     if state.get("status") == "running" and process_alive(state):
         raise ExperimentError(f"{r.run_dir}: being trained by process {state.get('pid')} on {state.get('hostname')}; "
                               "wait for it or stop it, then rerun")
-    cmd = [sys.executable, "-m", "polychromic", "train", str(r.config_file)]
-    if train_action(r.run_dir) == "resume":
-        cmd.append("--resume")
-    r.log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(r.log_file, "ab") as log:  # a file, not a pipe: a full pipe would block the child
+    cmd = ["train", str(r.config_file)] + (["--resume"] if train_action(r.run_dir) == "resume" else [])
+    return _polychromic(cmd, r.log_file, parallel)
+
+
+def _polychromic(args: list[str], log_file: Path, parallel: int) -> subprocess.Popen:
+    """`python -m polychromic ARGS` in the background, its output appended to `log_file`."""
+    cmd = [sys.executable, "-m", "polychromic", *args]
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:  # a file, not a pipe: a full pipe would block the child
         log.write(f"$ {' '.join(cmd)}\n".encode())
         log.flush()
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(parallel), preexec_fn=_die_with_parent)
@@ -251,13 +255,8 @@ def _evaluate_in_processes(spec: ExperimentSpec, todo: list[tuple[float, Config]
                 config_file = spec.out / LOGS_DIR / f"eval_T{t:g}.yaml"
                 io.atomic_write_text(config_file, to_yaml(cfg))
                 log_file = spec.out / LOGS_DIR / f"eval_T{t:g}.log"
-                cmd = [sys.executable, "-m", "polychromic", "evaluate", str(config_file)]
                 _say(f"evaluate T = {t:g}: {len(cfg.eval.models)} model(s) -> {cfg.eval.output_dir} (log {log_file})")
-                with open(log_file, "ab") as log:
-                    log.write(f"$ {' '.join(cmd)}\n".encode())
-                    log.flush()
-                    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(parallel), preexec_fn=_die_with_parent)
-                running[t] = (p, time.monotonic(), log_file)
+                running[t] = (_polychromic(["evaluate", str(config_file)], log_file, parallel), time.monotonic(), log_file)
             time.sleep(POLL_SECONDS)
             for t, (p, t0, log_file) in list(running.items()):
                 if p.poll() is None:

@@ -93,13 +93,6 @@ def _is_identity(drop: torch.nn.Module) -> bool:
     return not isinstance(drop, torch.nn.Dropout) or drop.p == 0.0 or not drop.training
 
 
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch without the per-device query
-        return torch.is_autocast_enabled()
-
-
 class FastLoraLinear(PeftLoraLinear):
     """peft's LoRA Linear with the training forward of `lora_linear` (module docstring); set on
     an existing layer by `install`, never constructed directly."""
@@ -120,7 +113,7 @@ class FastLoraLinear(PeftLoraLinear):
             return None
         if base.bias is not None and base.bias.requires_grad:
             return None
-        if _autocast_on(x.device.type):
+        if torch.is_autocast_enabled(x.device.type):
             return None
         return name
 

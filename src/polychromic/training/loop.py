@@ -188,7 +188,8 @@ class _Setup:
         base = load_base_model(cfg.model, self.device)
         self.model = attach_lora(base, cfg.lora, cfg.model.gradient_checkpointing)
         # The lean LoRA forward/backward (fast_lora.py); the parameters and the saved adapter stay peft's.
-        self.fast_lora_layers = fast_lora.install(self.model) if t.fast_lora else 0
+        if t.fast_lora:
+            fast_lora.install(self.model)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)

@@ -227,8 +227,11 @@ class GuardedTracker:
             _drop(self.run_dir, self.name, "log", step, exc)
             try:
                 self.inner.close("failed")
-            except Exception:  # noqa: BLE001 - already dropped and reported; its close may fail too
-                pass
+            except Exception as close_exc:  # noqa: BLE001 - any client error; the tracker is dropped already
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"WARNING tracker {self.name}: closing it after the failure failed too: "
+                           f"{_masked(f'{type(close_exc).__name__}: {close_exc}').splitlines()[0][:500]}", file=sys.stderr)
 
     def close(self, status: str) -> None:
         if self.dropped:
