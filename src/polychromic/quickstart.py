@@ -27,7 +27,7 @@ from polychromic.experiment.spec import ExperimentSpec, spec_from_dict
 CPU_SPEC = "quickstart"
 GPU_SPEC = "calibration"
 GPU_ARMS = ("sft", "polychromic_moderate")
-FULL_RESULT = "dialog"
+FULL_RESULT = "result"
 """The committed full-size result shown at the end (resources/results/<name>/)."""
 
 # --fast: the smallest sizes that still run every stage (tests).
@@ -89,5 +89,5 @@ def quickstart(workdir: str | Path = "quickstart", fast: bool = False, gpu: bool
     full = write_full_result(workdir)
     _say(f"done in {time.time() - t0:.0f} s")
     _say(f"this run's report:      {html}")
-    _say(f"the full-size result:   {full} (3 seeds, 108 test prompts; docs/results.md)")
+    _say(f"the full-size result:   {full} (the confirmatory run: 6 arms x 3 seeds, 105 test prompts; docs/results.md)")
     return html
