@@ -11,7 +11,9 @@ process under the trainer's allocator setting (expandable segments; training/all
   advantages, non-zero in every group) + clip + AdamW, as the trainer does them; median of
   --repeats after a warm-up step (the first call compiles the decode step). With the LoRA
   layers on the trainer's fast path (training/fast_lora.py) and the model's attention as `sdpa`
-  (our default) and as `eager` (TRL's setting below), then on peft's own layer forward (sdpa).
+  (our default) and as `eager` (TRL's setting below), SDPA with every pass padded to a multiple
+  of 32 tokens and SDPA without cuDNN's attention (VARIANTS; --variants), then on peft's own
+  layer forward (sdpa). Each step records its pass width and whether the process met it before.
 - TRL 1.16 GRPOTrainer, per_device_train_batch_size 40 (all 40 completions in one forward/
   backward), num_generations 5, max_completion_length 100, peft_config as above, the rest TRL's
   defaults (gradient checkpointing on, bf16): (a) as shipped, transformers generate; (b) its best
@@ -31,6 +33,8 @@ Writes trl_peer.json to --out (default $OUT) and prints the ratios last.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import gc
 import os
 import statistics
@@ -47,6 +51,7 @@ import bench_models as bm  # noqa: E402
 import step_bench as sb  # noqa: E402
 
 from polychromic.data import render_prompt  # noqa: E402
+from polychromic.prompts import padded_width  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
 from polychromic.training.allocator import configure_allocator  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
@@ -55,14 +60,38 @@ from polychromic.training.rollout import generate_rollouts, rollout_seed  # noqa
 LR = 2e-4
 
 
-def ours(args, dev, dtype, work: Path, paths: list[str]) -> dict:
-    """Our step per (LoRA path, attention): the first path under sdpa and eager, the others under sdpa."""
+VARIANTS = {
+    "sdpa": ("sdpa", 1, None),
+    "eager": ("eager", 1, None),
+    "sdpa_pad32": ("sdpa", 32, None),
+    "sdpa_nocudnn": ("sdpa", 1, ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")),
+}
+"""Our step's attention settings: (attn_implementation, trainer.pad_to_multiple_of, the SDPA
+backends allowed, None = torch's choice). pad32 pads every recompute pass to a multiple of 32
+tokens (few distinct shapes); nocudnn leaves cuDNN's attention out of SDPA's choice. Both probe
+the one-time cost per new pass width that the first steps of a process pay under SDPA."""
+
+
+def _backends(names):
+    if names is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, n) for n in names])
+
+
+def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) -> dict:
+    """Our step per (LoRA path, attention variant): the first path under every variant, the
+    others under sdpa. Each step records its recompute width (the longest prompt + completion,
+    padded) and whether the process had met that width before under the same attention setting."""
     model, tok, cfg, embedder, texts = sb.setup(args.shape, dev, dtype, work, lora=paths[0])
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=cfg.trainer.weight_decay)
     m = cfg.rollout.max_examples_for_diversity
-    out = {}
-    for path, impl in [(paths[0], "sdpa"), (paths[0], "eager")] + [(p, "sdpa") for p in paths[1:]]:
+    out, seen = {}, set()
+    for path, variant in [(paths[0], v) for v in variants] + [(p, "sdpa") for p in paths[1:]]:
+        impl, multiple, backends = VARIANTS[variant]
+        vcfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, pad_to_multiple_of=multiple))
         sb.use_lora_path(model, path)
         sb.set_attention(model, impl)
         times, parts = [], []
@@ -75,18 +104,24 @@ def ours(args, dev, dtype, work: Path, paths: list[str]) -> dict:
             ro = generate_rollouts(model, tok, t_text, ids, cfg.rollout, rollout_seed(cfg.seed, step))
             sb.sync()
             t1 = time.perf_counter()
-            poly.rollout_term(model, ro, embedder, cfg, lambda loss: loss.backward())
+            with _backends(backends):
+                poly.rollout_term(model, ro, embedder, vcfg, lambda loss: loss.backward())
             torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sb.sync()
             t2 = time.perf_counter()
+            width = padded_width(max(len(p) + len(y) for p, g in zip(ro.prompt_ids, ro.completion_ids) for y in g), multiple)
+            new = (impl, backends, width) not in seen  # per attention setting: each has its own kernels
+            seen.add((impl, backends, width))
             if step > 0:  # step 0 compiles and captures the decode step
                 times.append(t2 - t0)
-                parts.append({"rollouts": t1 - t0, "pg_and_optimizer": t2 - t1})
+                parts.append({"rollouts": t1 - t0, "pg_and_optimizer": t2 - t1, "width": width, "new_width": new})
         med = statistics.median(times)
-        out[f"{path}/{impl}"] = {"step_s": med, "steps_s": times, "parts": parts, "lora": path, "attention": impl}
-        print(f"ours ({path} LoRA, {impl}): {med:.3f} s per step {times}", flush=True)
+        out[f"{path}/{variant}"] = {"step_s": med, "steps_s": times, "parts": parts, "lora": path, "attention": impl,
+                                    "pad_to_multiple_of": multiple, "sdpa_backends": backends}
+        print(f"ours ({path} LoRA, {variant}): {med:.3f} s per step {times}; widths "
+              f"{[(p['width'], 'new' if p['new_width'] else 'seen') for p in parts]}", flush=True)
     sb.set_attention(model, "sdpa")
     from polychromic.generation import fast as fastgen
 
@@ -185,12 +220,17 @@ def main(argv=None) -> int:
     ap.add_argument("--trl-steps", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list: cb")
     ap.add_argument("--lora", default="fast,peft", help="our LoRA paths, comma list: fast (the trainer's default), peft")
+    ap.add_argument("--variants", default="sdpa,eager,sdpa_pad32,sdpa_nocudnn",
+                    help=f"attention variants of the first LoRA path, comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
     alloc = configure_allocator(True, "auto")  # as the trainer does, before CUDA starts; TRL runs under the same
     paths = [x for x in args.lora.split(",") if x]
     if not paths or set(paths) - {"fast", "peft"}:
         ap.error(f"--lora {args.lora!r}: a comma list of fast, peft")
+    variants = [x for x in args.variants.split(",") if x]
+    if not variants or set(variants) - set(VARIANTS):
+        ap.error(f"--variants {args.variants!r}: a comma list of {', '.join(VARIANTS)}")
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -199,7 +239,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="trl_peer_"))
     res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu", "trl": trl.__version__,
                  "torch": torch.__version__, "allocator_choice": alloc}
-    res["ours"] = ours(args, dev, dtype, work, paths)
+    res["ours"] = ours(args, dev, dtype, work, paths, variants)
     res["trl_generate"] = trl_run(args, dev, dtype, work, continuous=False)
     if "cb" not in args.skip:
         res["trl_continuous_batching"] = trl_run(args, dev, dtype, work, continuous=True)

@@ -148,7 +148,7 @@ def test_structural_value_and_cross_field_errors_in_one_report():
     from polychromic.config import config_from_dict
 
     data = {
-        "trainer": {"lr": -1, "batchsize": 3, "grad_accum": "two", "warmup_ratio": 2},
+        "trainer": {"lr": -1, "batchsize": 3, "grad_accum": "two", "warmup_ratio": 2, "pad_to_multiple_of": 0},
         "lora": {"r": "abc", "dropout": 1.5},
         "rollout": {"min_generation_length": 50, "max_generation_length": 10},
         "eval": {"models": [{"name": "a", "adapter": 3}, {"name": "b", "colour": "red"}], "k": 0},
@@ -166,8 +166,9 @@ def test_structural_value_and_cross_field_errors_in_one_report():
         "lora.dropout: must be in [0, 1)",
         "rollout.min_generation_length: must be in [0, max_generation_length]",
         "eval.k: must be >= 1",
+        "trainer.pad_to_multiple_of: must be >= 1 (1 = no rounding)",
     ])
-    assert str(e.value).startswith("mixed.yaml: 10 config error(s):")
+    assert str(e.value).startswith("mixed.yaml: 11 config error(s):")
 
 
 def test_cross_field_rules_skip_only_the_fields_that_failed_structurally():

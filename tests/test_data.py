@@ -416,3 +416,11 @@ def test_collate_pads_right_with_masked_labels(tok):
     assert batch["attention_mask"].sum(dim=1).tolist() == [n, width]
     with pytest.raises(ValueError, match="labels"):
         collate([{"input_ids": [1, 2], "labels": [1]}], pad_id=0)
+    # rounded up to a multiple of 16: more padding, the same real tokens, labels and mask sums
+    wide = collate([a, b], pad_id=tok.pad_token_id, multiple=16)
+    w16 = -(-width // 16) * 16
+    assert wide["input_ids"].shape == (2, w16) and w16 % 16 == 0 and w16 >= width
+    assert torch.equal(wide["input_ids"][:, :width], batch["input_ids"]) and torch.equal(wide["labels"][:, :width], batch["labels"])
+    assert (wide["labels"][:, width:] == -100).all() and wide["attention_mask"].sum(dim=1).tolist() == [n, width]
+    with pytest.raises(ValueError, match="pad multiple 0"):
+        collate([a], pad_id=0, multiple=0)

@@ -159,11 +159,11 @@ def test_ce_normalised_over_the_whole_accumulated_batch(tiny):
     ex = [encode_example(tok, dcfg, PROMPTS[i], "ok " * (1 + 3 * i) + "done") for i in range(4)]  # unequal lengths
     pad = tok.pad_token_id
 
-    def grads_for(micro_sizes, per_micro_mean=False):
+    def grads_for(micro_sizes, per_micro_mean=False, multiple=1):
         model.zero_grad(set_to_none=True)
         batches, start = [], 0
         for s in micro_sizes:
-            batches.append(collate(ex[start : start + s], pad))
+            batches.append(collate(ex[start : start + s], pad, multiple))
             start += s
         total = sum(count_targets(b) for b in batches)
         for b in batches:
@@ -174,6 +174,9 @@ def test_ce_normalised_over_the_whole_accumulated_batch(tiny):
     one_batch = grads_for([4])
     accumulated = grads_for([2, 2])
     torch.testing.assert_close(accumulated, one_batch, atol=1e-6, rtol=1e-5)
+    # trainer.pad_to_multiple_of: wider batches, padding never attended nor scored, same gradient
+    assert collate(ex[:2], pad, 32)["input_ids"].shape[1] % 32 == 0
+    torch.testing.assert_close(grads_for([2, 2], multiple=32), one_batch, atol=1e-6, rtol=1e-5)
     # averaging per micro-batch (the usual mistake) gives a different gradient here
     assert not torch.allclose(grads_for([2, 2], per_micro_mean=True), one_batch, atol=1e-6, rtol=1e-5)
     model.train()

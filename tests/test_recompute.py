@@ -54,6 +54,15 @@ def test_pack_is_right_padded_with_real_positions():
     assert b["completion_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
     with pytest.raises(ValueError, match="empty prompt"):
         pack([[]], [[1]], 0, "cpu")
+    # rounded up to a multiple: only padding is added, every other tensor is the same
+    b8 = pack([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], 0, "cpu", multiple=8)
+    assert b8["input_ids"].tolist() == [[5, 6, 7, 1, 2, 0, 0, 0], [8, 3, 4, 9, 0, 0, 0, 0]]
+    assert b8["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]]
+    for k in ("logit_index", "completion_mask", "completion_ids"):
+        assert torch.equal(b8[k], b[k]), k
+    assert pack([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], 0, "cpu", multiple=5)["input_ids"].shape == (2, 5)
+    with pytest.raises(ValueError, match="pad multiple 0"):
+        pack([[5]], [[1]], 0, "cpu", multiple=0)
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +130,15 @@ def test_batched_recompute_gives_the_group_by_group_gradient(tiny):
     assert len({len(y) for g in ro.completion_ids for y in g}) > 1 or any(not f for g in ro.finished for f in g)
     ref = _reference_grads(model, ro, cfg)
     assert ref and all(torch.isfinite(g).all() for g in ref.values()) and any(g.abs().sum() > 0 for g in ref.values())
-    for rows in (None, 1, 5):  # one pass of all 12; one sequence per pass; passes straddling groups
-        c = load_config(None, base + ([f"rollout.recompute_rows={rows}"] if rows else []))
+    # one pass of all 12; one sequence per pass; passes straddling groups; widths padded to 16
+    for extra in ([], ["rollout.recompute_rows=1"], ["rollout.recompute_rows=5"], ["trainer.pad_to_multiple_of=16"],
+                  ["rollout.recompute_rows=5", "trainer.pad_to_multiple_of=7"]):
+        c = load_config(None, base + extra)
         terms = poly.rollout_term(model, ro, _embed, c, lambda loss: loss.backward())
         got = _grads(model)
         assert got.keys() == ref.keys()
         for n in ref:
-            torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-7, msg=f"{n} with recompute_rows={rows}")
+            torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-7, msg=f"{n} with {extra}")
         assert terms.logs["train/kl"] >= 0
     # the trainer's LoRA path (training/fast_lora.py) against the same peft-path reference
     assert fast_lora.install(model) == 6

@@ -110,6 +110,35 @@ def test_polychromic_end_to_end_writes_every_file(tmp_path, tiny_model_dir):
         train(cfg)
 
 
+def test_pad_to_multiple_of_widens_every_training_pass(tmp_path, tiny_model_dir, monkeypatch):
+    """trainer.pad_to_multiple_of reaches both passes of a polychromic step: the SFT micro-batches
+    (collate) and the policy-gradient recompute (pack); the run still trains."""
+    import polychromic.training.loop as loop
+    import polychromic.training.objectives.polychromic as poly
+
+    widths = {"sft": [], "pg": []}
+    collate, pack = loop.collate, poly.pack
+
+    def spy_collate(*a, **k):
+        b = collate(*a, **k)
+        widths["sft"].append(b["input_ids"].shape[1])
+        return b
+
+    def spy_pack(*a, **k):
+        b = pack(*a, **k)
+        widths["pg"].append(b["input_ids"].shape[1])
+        return b
+
+    monkeypatch.setattr(loop, "collate", spy_collate)
+    monkeypatch.setattr(poly, "pack", spy_pack)
+    cfg = cfg_of(settings(tmp_path, tiny_model_dir), ["objective.name=polychromic", "objective.diversity_weight=1.0",
+                                                       "objective.quality=constant", "trainer.max_steps=2",
+                                                       "trainer.pad_to_multiple_of=24"])
+    run = train(cfg)
+    assert widths["sft"] and widths["pg"] and all(w % 24 == 0 for v in widths.values() for w in v), widths
+    assert read_state(run)["status"] == "done" and (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_fail_on_alert_stops_and_marks_failed(tmp_path, tiny_model_dir):
     cfg = cfg_of(settings(tmp_path, tiny_model_dir), ["objective.name=sft", "trainer.grad_norm_alert=1e-6", "trainer.fail_on_alert=true"])
     with pytest.raises(AlertStop, match="train/grad_norm .* > trainer.grad_norm_alert"):

@@ -203,6 +203,12 @@ class TrainerConfig:
     the low-rank branch is a bfloat16 matmul. float16, DoRA, merged or disabled adapters and
     no_grad calls keep peft's forward; the saved adapter is peft's either way. false trains
     on peft's forward (what reproduces a run trained that way bit for bit)."""
+    pad_to_multiple_of: int = 1
+    """Pad the width of every training pass (the SFT micro-batches and the policy-gradient
+    term's recompute passes) up to a multiple of this many tokens. The padding is never attended
+    to nor scored, so the loss and its gradient are unchanged (up to float summation order);
+    what changes is how many distinct shapes the GPU kernels meet: attention backends that build
+    a plan per shape (cuDNN's) pay that once per width. 1 = the longest row's width."""
     expandable_segments: bool = True
     """On CUDA, start the caching allocator with expandable segments (PYTORCH_ALLOC_CONF, or
     PYTORCH_CUDA_ALLOC_CONF on torch before 2.9, = expandable_segments:True), so the SFT pass,
@@ -379,6 +385,7 @@ def _invariants(c: Config, failed: Collection[str] = ()) -> list[str]:
     need(t.epochs > 0, "trainer.epochs: must be > 0")
     need(t.max_steps is None or t.max_steps >= 1, "trainer.max_steps: must be >= 1")
     need(t.batch_size >= 1, "trainer.batch_size: must be >= 1")
+    need(t.pad_to_multiple_of >= 1, "trainer.pad_to_multiple_of: must be >= 1 (1 = no rounding)")
     need(t.grad_accum >= 1, "trainer.grad_accum: must be >= 1")
     need(t.lr > 0, "trainer.lr: must be > 0")
     need(0.0 <= t.warmup_ratio < 1.0, "trainer.warmup_ratio: must be in [0, 1)")

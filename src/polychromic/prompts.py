@@ -86,14 +86,22 @@ def encode_example(tokenizer, data_cfg: DataConfig, prompt: str, reply: str) -> 
     return {"input_ids": p + r, "labels": [-100] * len(p) + r}
 
 
-def collate(examples: Sequence[dict], pad_id: int) -> dict:
+def padded_width(longest: int, multiple: int = 1) -> int:
+    """`longest` rounded up to a multiple of `multiple` (trainer.pad_to_multiple_of)."""
+    if multiple < 1:
+        raise ValueError(f"pad multiple {multiple}: must be >= 1")
+    return -(-longest // multiple) * multiple
+
+
+def collate(examples: Sequence[dict], pad_id: int, multiple: int = 1) -> dict:
     """Right-padded training batch (independent of tokenizer.padding_side, which is left for
-    generation): input_ids padded with pad_id, labels with -100, attention_mask 1 on real tokens."""
+    generation): input_ids padded with pad_id, labels with -100, attention_mask 1 on real tokens;
+    the width is the longest example's, rounded up to a multiple of `multiple`."""
     import torch
 
     if not examples:
         raise ValueError("collate: empty batch")
-    width = max(len(e["input_ids"]) for e in examples)
+    width = padded_width(max(len(e["input_ids"]) for e in examples), multiple)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), -100, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)

@@ -221,7 +221,7 @@ class _Setup:
         bs = self.cfg.trainer.batch_size
         micro = []
         for j in range(0, len(idx), bs):
-            b = collate([self.examples[i] for i in idx[j : j + bs]], pad)
+            b = collate([self.examples[i] for i in idx[j : j + bs]], pad, self.cfg.trainer.pad_to_multiple_of)
             micro.append({k: v.to(self.device) for k, v in b.items()})
         return micro, [self.rows[i] for i in idx]
 

@@ -28,6 +28,7 @@ import torch
 from polychromic.config import RolloutConfig
 from polychromic.generation import SamplingParams, sample, warn_if_off_policy
 from polychromic.generation.params import eos_ids
+from polychromic.prompts import padded_width
 
 
 @dataclass
@@ -103,10 +104,12 @@ def generate_rollouts(model, tokenizer, prompt_texts: Sequence[str], prompt_ids:
     )
 
 
-def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, device) -> dict:
+def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, device,
+         multiple: int = 1) -> dict:
     """Padded (prompt + completion) tensors for one forward pass, right-padded.
 
-    Row i holds prompt i, then completion i, then padding up to L = max_i (len(p_i) + len(y_i)).
+    Row i holds prompt i, then completion i, then padding up to L = max_i (len(p_i) + len(y_i)),
+    rounded up to a multiple of `multiple` (trainer.pad_to_multiple_of).
     Position ids count real tokens only (0 .. len - 1), the positions generate gave them (it
     left-pads and counts real tokens only), and padding is never attended to, so every real
     token sees the context it was sampled with at the same position. Right padding, not
@@ -124,7 +127,7 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
         raise ValueError(f"pack: {len(prompts)} prompts for {len(completions)} completions")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("pack: an empty prompt (its first completion token would have no logit)")
-    width = max(len(p) + len(y) for p, y in zip(prompts, completions))
+    width = padded_width(max(len(p) + len(y) for p, y in zip(prompts, completions)), multiple)
     c = max(1, max(len(y) for y in completions))
     b = len(prompts)
     ids = torch.full((b, width), pad_id, dtype=torch.long)

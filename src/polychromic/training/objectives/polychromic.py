@@ -31,6 +31,7 @@ import torch
 from polychromic.config import Config, ObjectiveConfig
 from polychromic.training.objectives.terms import Terms
 from polychromic.rewards import distance_matrix, score_quality, words
+from polychromic.prompts import padded_width
 from polychromic.training.rollout import Rollouts, pack, rows_per_pass, token_logprobs
 from polychromic.training.set_diversity import class_labels
 from polychromic.training.set_diversity import set_diversity as set_diversity_of
@@ -331,16 +332,17 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     # them): their sequences are not recomputed.
     seqs = [(i, j) for i in range(ro.m) if beta > 0 or adv[i].any() for j in range(ro.n)]
     seqs.sort(key=lambda r: -(len(ro.prompt_ids[r[0]]) + len(ro.completion_ids[r[0]][r[1]])))
-    limit = cfg.rollout.recompute_rows
+    limit, multiple = cfg.rollout.recompute_rows, cfg.trainer.pad_to_multiple_of
     start = 0
     with dropout_off(model):
         while start < len(seqs):
             i0, j0 = seqs[start]
-            width = len(ro.prompt_ids[i0]) + len(ro.completion_ids[i0][j0])
+            width = padded_width(len(ro.prompt_ids[i0]) + len(ro.completion_ids[i0][j0]), multiple)
             take = seqs[start : start + rows_per_pass(model, width, len(seqs) - start, limit, probe=ro.n)]
             start += len(take)
             # Pad id 0 is never attended to (attention_mask 0) and never scored (completion_mask 0).
-            batch = pack([ro.prompt_ids[i] for i, _ in take], [ro.completion_ids[i][j] for i, j in take], 0, device)
+            batch = pack([ro.prompt_ids[i] for i, _ in take], [ro.completion_ids[i][j] for i, j in take], 0, device,
+                         multiple)
             logp_tok = token_logprobs(model, batch, temp, min_new, eos)
             a = torch.as_tensor(np.array([adv[i, j] for i, j in take]), dtype=logp_tok.dtype, device=device)
             div = div_loss(logp_tok.sum(dim=1), a, l_norm, ro.m)
