@@ -4,7 +4,9 @@ The trainer's own functions on the trainer's setup: random bf16 weights (bench_m
 LoRA r=16 / alpha 16 / dropout 0.1 on the seven projections (models.attach_lora, train mode),
 the shipped moderate config (N = 5, M = 8, T = 0.9, 100 new tokens) with objective.quality=constant
 (a random model's replies are all truncated, which would zero every advantage; see
-moderate_run.py). The allocator is set up as the trainer does it (expandable segments unless
+moderate_run.py). --compile routes the decoder layers' training passes through torch.compile
+(trainer.compile); SDPA's cuDNN backend is left out unless --cudnn-attention, as the trainer
+does (trainer.cudnn_attention). The allocator is set up as the trainer does it (expandable segments unless
 --no-expandable-segments or the environment sets it; training/allocator.py). Stages, in one
 process:
 
@@ -69,6 +71,7 @@ from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.objectives.sft import ce_loss, count_targets  # noqa: E402
 from polychromic.training import fast_lora  # noqa: E402
 from polychromic.training.allocator import ENV_NAMES, configure_allocator  # noqa: E402
+from polychromic.training.compiled import compile_layers  # noqa: E402
 from polychromic.training.rollout import generate_rollouts, rollout_seed  # noqa: E402
 from sdpa_probes import probes, set_attention  # noqa: E402,F401 - trl_peer.py uses set_attention from here
 
@@ -302,10 +305,15 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", default="", help="comma list: sdpa,old_pg,old_sft,eval")
     ap.add_argument("--lora", default="fast,peft", help="comma list of LoRA paths, each measured in turn: fast,peft")
     ap.add_argument("--no-expandable-segments", action="store_true", help="keep the allocator's default segments")
+    ap.add_argument("--compile", action="store_true", help="decoder layers' training passes through torch.compile "
+                    "(trainer.compile, the shipped Qwen3-8B setting)")
+    ap.add_argument("--cudnn-attention", action="store_true", help="let SDPA pick cuDNN (trainer.cudnn_attention; "
+                    "the trainer leaves it out by default)")
     ap.add_argument("--name", default="step_bench", help="the JSON file's stem")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
     alloc = configure_allocator(not args.no_expandable_segments, "auto")  # what the trainer does, before CUDA starts
+    torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention)  # as train() does with trainer.cudnn_attention
     skip = set(filter(None, args.skip.split(",")))
     paths = [x for x in args.lora.split(",") if x]
     if not paths or set(paths) - {"fast", "peft"}:
@@ -329,6 +337,8 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="step_bench_"))
     t, (model, tok, cfg, embedder, texts) = timed(lambda: setup(args.shape, dev, dtype, work, lora=paths[0]))
     res["setup_s"] = t
+    res["compiled_layers"] = compile_layers(model) if args.compile else 0
+    res["cudnn_attention"] = args.cudnn_attention
     mcfg = model.get_base_model().config
     counts = param_counts(model)
     res["params"] = counts

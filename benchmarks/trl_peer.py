@@ -12,8 +12,10 @@ process under the trainer's allocator setting (expandable segments; training/all
   --repeats after a warm-up step (the first call compiles the decode step). With the LoRA
   layers on the trainer's fast path (training/fast_lora.py) and the model's attention as `sdpa`
   (our default) and as `eager` (TRL's setting below), SDPA with every pass padded to a multiple
-  of 32 tokens and SDPA without cuDNN's attention (VARIANTS; --variants), then on peft's own
-  layer forward (sdpa). Each step records its pass width and whether the process met it before.
+  of 32 tokens, SDPA without cuDNN's attention and SDPA with the decoder layers compiled
+  (trainer.compile, the shipped Qwen3-8B setting) (VARIANTS; --variants), then on peft's own
+  layer forward (sdpa). Each step records its pass width, whether the process met it before
+  and how many recompute passes it took.
 - TRL 1.16 GRPOTrainer, per_device_train_batch_size 40 (all 40 completions in one forward/
   backward), num_generations 5, max_completion_length 100, peft_config as above, the rest TRL's
   defaults (gradient checkpointing on, bf16): (a) as shipped, transformers generate; (b) its best
@@ -54,6 +56,7 @@ from polychromic.data import render_prompt  # noqa: E402
 from polychromic.prompts import padded_width  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
 from polychromic.training.allocator import configure_allocator  # noqa: E402
+from polychromic.training.compiled import compile_layers, uncompile  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.rollout import generate_rollouts, rollout_seed  # noqa: E402
 
@@ -61,15 +64,18 @@ LR = 2e-4
 
 
 VARIANTS = {
-    "sdpa": ("sdpa", 1, None),
-    "eager": ("eager", 1, None),
-    "sdpa_pad32": ("sdpa", 32, None),
-    "sdpa_nocudnn": ("sdpa", 1, ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")),
+    "sdpa": ("sdpa", 1, None, False),
+    "eager": ("eager", 1, None, False),
+    "sdpa_pad32": ("sdpa", 32, None, False),
+    "sdpa_nocudnn": ("sdpa", 1, ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"), False),
+    "sdpa_compiled": ("sdpa", 1, None, True),
 }
-"""Our step's attention settings: (attn_implementation, trainer.pad_to_multiple_of, the SDPA
-backends allowed, None = torch's choice). pad32 pads every recompute pass to a multiple of 32
-tokens (few distinct shapes); nocudnn leaves cuDNN's attention out of SDPA's choice. Both probe
-the one-time cost per new pass width that the first steps of a process pay under SDPA."""
+"""Our step's settings: (attn_implementation, trainer.pad_to_multiple_of, the SDPA backends
+allowed (None = torch's choice), trainer.compile). pad32 pads every recompute pass to a
+multiple of 32 tokens (few distinct shapes); nocudnn leaves cuDNN's attention out of SDPA's
+choice; both probe the one-time cost per new pass width that the first steps of a process pay
+under SDPA. compiled runs the decoder layers' training passes through torch.compile
+(training/compiled.py, what the shipped Qwen3-8B configs do); its warm-up step compiles."""
 
 
 def _backends(names):
@@ -90,7 +96,9 @@ def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) ->
     m = cfg.rollout.max_examples_for_diversity
     out, seen = {}, set()
     for path, variant in [(paths[0], v) for v in variants] + [(p, "sdpa") for p in paths[1:]]:
-        impl, multiple, backends = VARIANTS[variant]
+        impl, multiple, backends, comp = VARIANTS[variant]
+        if comp:
+            compile_layers(model)
         vcfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, pad_to_multiple_of=multiple))
         sb.use_lora_path(model, path)
         sb.set_attention(model, impl)
@@ -104,24 +112,28 @@ def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) ->
             ro = generate_rollouts(model, tok, t_text, ids, cfg.rollout, rollout_seed(cfg.seed, step))
             sb.sync()
             t1 = time.perf_counter()
+            passes = []
             with _backends(backends):
-                poly.rollout_term(model, ro, embedder, vcfg, lambda loss: loss.backward())
+                poly.rollout_term(model, ro, embedder, vcfg, lambda loss: (passes.append(1), loss.backward()))
             torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sb.sync()
             t2 = time.perf_counter()
             width = padded_width(max(len(p) + len(y) for p, g in zip(ro.prompt_ids, ro.completion_ids) for y in g), multiple)
-            new = (impl, backends, width) not in seen  # per attention setting: each has its own kernels
-            seen.add((impl, backends, width))
+            new = (impl, backends, comp, width) not in seen  # per setting: each has its own kernels
+            seen.add((impl, backends, comp, width))
             if step > 0:  # step 0 compiles and captures the decode step
                 times.append(t2 - t0)
-                parts.append({"rollouts": t1 - t0, "pg_and_optimizer": t2 - t1, "width": width, "new_width": new})
+                parts.append({"rollouts": t1 - t0, "pg_and_optimizer": t2 - t1, "width": width, "new_width": new,
+                              "passes": len(passes)})
+        if comp:
+            uncompile(model)
         med = statistics.median(times)
         out[f"{path}/{variant}"] = {"step_s": med, "steps_s": times, "parts": parts, "lora": path, "attention": impl,
-                                    "pad_to_multiple_of": multiple, "sdpa_backends": backends}
+                                    "pad_to_multiple_of": multiple, "sdpa_backends": backends, "compiled": comp}
         print(f"ours ({path} LoRA, {variant}): {med:.3f} s per step {times}; widths "
-              f"{[(p['width'], 'new' if p['new_width'] else 'seen') for p in parts]}", flush=True)
+              f"{[(p['width'], 'new' if p['new_width'] else 'seen', p['passes']) for p in parts]}", flush=True)
     sb.set_attention(model, "sdpa")
     from polychromic.generation import fast as fastgen
 
@@ -220,7 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument("--trl-steps", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list: cb")
     ap.add_argument("--lora", default="fast,peft", help="our LoRA paths, comma list: fast (the trainer's default), peft")
-    ap.add_argument("--variants", default="sdpa,eager,sdpa_pad32,sdpa_nocudnn",
+    ap.add_argument("--variants", default="sdpa,eager,sdpa_pad32,sdpa_nocudnn,sdpa_compiled",
                     help=f"attention variants of the first LoRA path, comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)

@@ -203,6 +203,22 @@ class TrainerConfig:
     the low-rank branch is a bfloat16 matmul. float16, DoRA, merged or disabled adapters and
     no_grad calls keep peft's forward; the saved adapter is peft's either way. false trains
     on peft's forward (what reproduces a run trained that way bit for bit)."""
+    compile: bool = False
+    """Compile every decoder layer's training forward and backward with torch.compile
+    (training/compiled.py; regional: the layers share one graph). Inductor fuses each layer's
+    elementwise work (norms, RoPE, SiLU x up, casts, dropout) around cuBLAS's matmuls. Costs
+    one compile on the first pass (~15 s on the Qwen3-8B shape) and one dynamic-shape recompile
+    when a pass first has another shape (~20 s); no_grad calls (sampling, the KL reference,
+    evaluation) stay eager. Needs a working inductor backend (triton on CUDA, a C++ compiler
+    on a CPU). The shipped Qwen3-8B configs turn it on; in bfloat16 the result differs from
+    eager by bfloat16 rounding (docs/performance.md)."""
+    cudnn_attention: bool = False
+    """Let SDPA choose its cuDNN backend during the run. cuDNN builds an execution plan the
+    first time it meets each attention shape, and a run meets a new width at most steps (every
+    SFT batch and recompute pass is as wide as its longest row): on the Qwen3-8B shape that cost
+    1 to 2 s per new width, while the flash and memory-efficient backends ran the same steps as
+    fast without it (docs/performance.md). Off by default; the setting is restored when train()
+    returns."""
     pad_to_multiple_of: int = 1
     """Pad the width of every training pass (the SFT micro-batches and the policy-gradient
     term's recompute passes) up to a multiple of this many tokens. The padding is never attended

@@ -19,8 +19,9 @@ checkpoints hold the adapter, optimizer, scheduler, every RNG state and the data
 run killed at any point and resumed ends with the same adapter as an uninterrupted one. Saving
 and loading them (and the final adapter) is checkpoint.py's; non-finite steps are guards.py's.
 
-Speed: the LoRA layers train through fast_lora.py (trainer.fast_lora), and on CUDA the
-allocator starts with expandable segments (trainer.expandable_segments, allocator.py).
+Speed: the LoRA layers train through fast_lora.py (trainer.fast_lora), the decoder layers'
+training passes optionally through torch.compile (trainer.compile, compiled.py), and on CUDA
+the allocator starts with expandable segments (trainer.expandable_segments, allocator.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from polychromic.models import attach_lora, load_base_model, load_embedder, load
 from polychromic.models import stack_adapters
 from polychromic.rundir import ADAPTER_DIR
 from polychromic.training import fast_lora
+from polychromic.training.compiled import compile_layers
 from polychromic.training.allocator import configure_allocator
 from polychromic.training.checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from polychromic.training.guards import NonFiniteError, nonfinite_step
@@ -56,7 +58,17 @@ SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with
 
 
 def train(cfg: Config, resume: bool = False) -> Path:
-    """Train `cfg`; return the run directory (final adapter in `<run_dir>/adapter/`)."""
+    """Train `cfg`; return the run directory (final adapter in `<run_dir>/adapter/`).
+    SDPA's cuDNN backend is off for the run unless trainer.cudnn_attention (restored after)."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(before and cfg.trainer.cudnn_attention)
+    try:
+        return _train(cfg, resume)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def _train(cfg: Config, resume: bool) -> Path:
     from datetime import timedelta
 
     from accelerate import Accelerator, InitProcessGroupKwargs
@@ -190,6 +202,8 @@ class _Setup:
         # The lean LoRA forward/backward (fast_lora.py); the parameters and the saved adapter stay peft's.
         if t.fast_lora:
             fast_lora.install(self.model)
+        if t.compile:  # every decoder layer's grad-enabled passes through torch.compile (compiled.py)
+            compile_layers(self.model)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)

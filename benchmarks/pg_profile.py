@@ -1,0 +1,215 @@
+"""Where the policy-gradient pass and the SFT pass spend their time, and what compiling the
+decoder layers buys, on the Qwen3-8B shape (step_bench.py's setup: random bf16 weights, LoRA
+r=16 on the seven projections through the trainer's fast LoRA path, the shipped moderate config
+with objective.quality=constant).
+
+In one process:
+
+  eager      the policy-gradient term over 40 rollouts (rollout_term minus its scoring, as
+             step_bench.py reports it) and SFT 16 x 256 in one pass: median of --repeats
+  profile    one eager pass of each under torch.profiler: GPU kernel time by kind (matmul,
+             attention, elementwise and reductions, copies, the rest), the share of the wall
+             time the GPU was busy, and the 25 costliest kernels
+  compiled   the same passes with every decoder layer compiled (trainer.compile,
+             training/compiled.py; regional compilation: the 36 layers share one graph): first
+             call (compile), a second rollout batch of another width (dynamic-shape
+             recompile), median of --repeats; the LoRA gradient of the policy-gradient pass
+             against the eager one (relative L2 difference; dropout is off in that pass, so the
+             two compute the same function) and the SFT loss against the eager one
+  baseline   how far apart two equivalent eager schedules are in bfloat16: the same gradient
+             with the 40 sequences recomputed in two passes of 20 (other matmul shapes, other
+             rounding) against one pass, and the time of that two-pass schedule, eager and
+             compiled (the fixed cost of a pass)
+
+    PYTHONPATH=src python3 benchmarks/pg_profile.py                     # on the GPU
+    PYTHONPATH=src python benchmarks/pg_profile.py --shape tiny --repeats 1 --no-compile   # CPU smoke
+
+Writes pg_profile.json to --out (default $OUT) and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_models as bm  # noqa: E402
+import step_bench as sb  # noqa: E402
+
+from polychromic.data import render_prompt  # noqa: E402
+from polychromic.io import atomic_write_json  # noqa: E402
+from polychromic.training.compiled import compile_layers, uncompile  # noqa: E402
+from polychromic.training.allocator import configure_allocator  # noqa: E402
+from polychromic.training.objectives import polychromic as poly  # noqa: E402
+from polychromic.training.objectives.sft import ce_loss, count_targets  # noqa: E402
+from polychromic.training.rollout import generate_rollouts  # noqa: E402
+
+KINDS = [
+    ("matmul", r"gemm|nvjet|cutlass|xmma|cublas|splitk|sm90_|sm100_"),
+    ("attention", r"flash|fmha|attention|cudnn|sdpa|efficient"),
+    ("copy", r"memcpy|memset|copy|cat|index"),
+    ("elementwise_reduce", r"elementwise|vectorized|reduce|unrolled|triton|softmax|norm|mul|add"),
+]
+
+
+def kind(name: str) -> str:
+    low = name.lower()
+    for k, pat in KINDS:
+        if re.search(pat, low):
+            return k
+    return "other"
+
+
+def profile(fn, cuda: bool) -> dict:
+    """One call of fn under torch.profiler: kernel time by kind, GPU-busy share, top kernels."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sb.sync()
+    with tprofile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        fn()
+        sb.sync()
+        wall = time.perf_counter() - t0
+    kernels = []
+    for e in prof.key_averages():
+        if str(getattr(e, "device_type", "")).endswith("CUDA"):
+            us = getattr(e, "self_device_time_total", 0.0)
+            if us > 0:
+                kernels.append((e.key, us / 1e6, e.count))
+    by_kind: dict[str, float] = {}
+    for name, s, _ in kernels:
+        by_kind[kind(name)] = by_kind.get(kind(name), 0.0) + s
+    busy = sum(s for _, s, _ in kernels)
+    kernels.sort(key=lambda k: -k[1])
+    return {"wall_s": wall, "gpu_busy_s": busy, "busy_share": busy / wall if wall else None, "by_kind_s": by_kind,
+            "kernel_launches": sum(c for _, _, c in kernels),
+            "top": [{"kernel": n[:160], "seconds": s, "calls": c, "kind": kind(n)} for n, s, c in kernels[:25]]}
+
+
+def lora_grad(model) -> torch.Tensor:
+    return torch.cat([p.grad.detach().float().flatten() for p in model.parameters() if p.requires_grad and p.grad is not None])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(bm.SHAPES), default="8b")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    args = ap.parse_args(argv)
+    alloc = configure_allocator(True, "auto")
+    cuda = torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    work = Path(tempfile.mkdtemp(prefix="pg_profile_"))
+    model, tok, cfg, embedder, texts = sb.setup(args.shape, dev, dtype, work, lora="fast")
+    res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+                 "allocator_choice": alloc}
+    peak = sb.matmul_peak(dev, 512 if args.shape == "tiny" else 8192, dtype)
+    m, n = cfg.rollout.max_examples_for_diversity, cfg.rollout.n_generations
+    counts, mcfg = sb.param_counts(model), model.get_base_model().config
+
+    def rollouts(offset: int):
+        t = texts[offset : offset + m]
+        return generate_rollouts(model, tok, t, [render_prompt(tok, cfg.data, x) for x in t], cfg.rollout, seed=11 + offset)
+
+    ro, ro2 = rollouts(0), rollouts(m)
+    seqs = [len(ro.prompt_ids[i]) + len(y) for i in range(m) for y in ro.completion_ids[i]]
+    res["pg_tokens"], res["pg_width"] = sum(seqs), max(seqs)
+    res["pg_width_second_batch"] = max(len(ro2.prompt_ids[i]) + len(y) for i in range(m) for y in ro2.completion_ids[i])
+    res["floors"] = {"pg_s": sb.matmul_floor(counts, mcfg, seqs, ro.n_tokens(), peak)}
+    sft_seq, sft_prompt = (64, 32) if args.shape == "tiny" else (256, 128)
+    micro = sb.sft_micro(mcfg.vocab_size, 16, sft_seq, sft_prompt, 1, dev)
+    res["floors"]["sft_s"] = sb.matmul_floor(counts, mcfg, [sft_seq] * 16, 16 * (sft_seq - sft_prompt), peak)
+    score_s = sb.median_of(lambda: poly.score_rollouts(ro, embedder, cfg.objective), args.repeats)[0]
+    res["score_s"] = score_s
+
+    def pg(batch=ro, rows=None):
+        sb.pg_pass(model, batch, embedder, cfg, rows)
+
+    def two_pass() -> tuple[float, torch.Tensor]:
+        t = sb.median_of(lambda: (pg(rows=20), model.zero_grad(set_to_none=True)), args.repeats)[0]
+        pg(rows=20)
+        g = lora_grad(model)
+        model.zero_grad(set_to_none=True)
+        return t - score_s, g
+
+    def sft():
+        n_tgt = sum(count_targets(b) for b in micro)
+        loss, _ = ce_loss(model, micro[0], n_tgt)
+        loss.backward()
+        return float(loss.detach())
+
+    def measure(label: str) -> dict:
+        out: dict = {}
+        sb.peak_reset()
+        out["pg_first_call_s"] = sb.timed(lambda: (pg(), model.zero_grad(set_to_none=True)))[0]
+        out["pg_other_width_first_s"] = sb.timed(lambda: (pg(ro2), model.zero_grad(set_to_none=True)))[0]
+        t, runs = sb.median_of(lambda: (pg(), model.zero_grad(set_to_none=True)), args.repeats)
+        out.update(pg_s=t - score_s, pg_runs=runs, pg_x_floor=(t - score_s) / res["floors"]["pg_s"], pg_peak_gib=sb.peak_gib())
+        pg()
+        out["_grad"] = lora_grad(model)
+        model.zero_grad(set_to_none=True)
+        sb.peak_reset()
+        t, runs = sb.median_of(lambda: (sft(), model.zero_grad(set_to_none=True)), args.repeats)
+        out.update(sft_s=t, sft_runs=runs, sft_x_floor=t / res["floors"]["sft_s"], sft_peak_gib=sb.peak_gib())
+        torch.manual_seed(0)
+        out["sft_loss"] = sft()
+        model.zero_grad(set_to_none=True)
+        if not args.no_profile:
+            out["pg_profile"] = profile(lambda: (pg(), model.zero_grad(set_to_none=True)), cuda)
+            out["sft_profile"] = profile(lambda: (sft(), model.zero_grad(set_to_none=True)), cuda)
+        print(f"{label}: pg {out['pg_s']:.3f} s ({out['pg_x_floor']:.2f}x floor {res['floors']['pg_s']:.3f}; first "
+              f"{out['pg_first_call_s']:.2f} s, other width {out['pg_other_width_first_s']:.2f} s, peak {out['pg_peak_gib']} GiB); "
+              f"sft {out['sft_s']:.3f} s ({out['sft_x_floor']:.2f}x floor {res['floors']['sft_s']:.3f}, peak {out['sft_peak_gib']} GiB)",
+              flush=True)
+        for key in ("pg_profile", "sft_profile"):
+            if key in out:
+                p = out[key]
+                kinds = ", ".join(f"{k} {v:.3f}" for k, v in sorted(p["by_kind_s"].items(), key=lambda kv: -kv[1]))
+                print(f"  {key}: wall {p['wall_s']:.3f} s, GPU busy {p['gpu_busy_s']:.3f} s ({p['busy_share']:.0%}), "
+                      f"{p['kernel_launches']} kernels; {kinds}", flush=True)
+                for k in p["top"][:12]:
+                    print(f"    {k['seconds'] * 1e3:8.1f} ms {k['calls']:6d}x {k['kind']:18s} {k['kernel'][:100]}", flush=True)
+        return out
+
+    eager = measure("eager")
+    g_eager = eager.pop("_grad")
+    eager["pg_two_passes_s"], g_two = two_pass()
+    eager["pg_grad_rel_l2_two_passes_vs_one"] = float((g_two - g_eager).norm() / g_eager.norm())
+    res["eager"] = eager
+    print(f"eager, two passes of 20: {eager['pg_two_passes_s']:.3f} s; gradient rel L2 against one pass "
+          f"{eager['pg_grad_rel_l2_two_passes_vs_one']:.2e}", flush=True)
+    if not args.no_compile:
+        t0 = time.perf_counter()
+        res["compiled_layers"] = compile_layers(model)
+        comp = measure("compiled layers")
+        g_comp = comp.pop("_grad")
+        comp["wall_incl_compile_s"] = time.perf_counter() - t0
+        comp["pg_grad_rel_l2_vs_eager"] = float((g_comp - g_eager).norm() / g_eager.norm())
+        comp["sft_loss_minus_eager"] = comp["sft_loss"] - eager["sft_loss"]
+        comp["pg_two_passes_s"], g_comp_two = two_pass()
+        comp["pg_grad_rel_l2_two_passes_vs_eager_one"] = float((g_comp_two - g_eager).norm() / g_eager.norm())
+        res["compiled"] = comp
+        print(f"compiled vs eager: pg gradient rel L2 {comp['pg_grad_rel_l2_vs_eager']:.2e} (two eager schedules: "
+              f"{eager['pg_grad_rel_l2_two_passes_vs_one']:.2e}), sft loss diff {comp['sft_loss_minus_eager']:.2e}; "
+              f"compiled, two passes of 20: {comp['pg_two_passes_s']:.3f} s", flush=True)
+        uncompile(model)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        print(f"wrote {atomic_write_json(Path(args.out) / 'pg_profile.json', res)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
