@@ -2,7 +2,8 @@
 the compiled layers give the eager loss and LoRA gradients to rounding, also after a shape
 change (the dynamic recompile); no_grad calls never enter the compiled graph; uncompile restores
 the eager call; a model without decoder-layer classes fails with a message naming the setting;
-and a polychromic run with trainer.compile trains with its layers compiled."""
+and a polychromic run with trainer.compile trains with its layers compiled, SDPA's cuDNN
+backend off inside it (trainer.cudnn_attention) and restored after."""
 
 from __future__ import annotations
 
@@ -65,9 +66,18 @@ def test_polychromic_run_trains_with_compiled_layers(tmp_path, tiny_model_dir, m
         return seen[-1]
 
     monkeypatch.setattr(loop, "compile_layers", spy)
+    cudnn, ce_loss = [], loop.ce_loss
+
+    def spy_ce(*a, **k):  # trainer.cudnn_attention false (the default): cuDNN's SDPA is off inside the run
+        cudnn.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return ce_loss(*a, **k)
+
+    monkeypatch.setattr(loop, "ce_loss", spy_ce)
+    torch.backends.cuda.enable_cudnn_sdp(True)
     cfg = cfg_of(settings(tmp_path, tiny_model_dir), ["objective.name=polychromic", "objective.diversity_weight=1.0",
                                                        "objective.quality=constant", "trainer.max_steps=2",
                                                        "trainer.compile=true"])
     run_dir = train(cfg)
     assert seen and seen[0] > 0
+    assert cudnn and not any(cudnn) and torch.backends.cuda.cudnn_sdp_enabled()  # restored after the run
     assert read_state(run_dir)["status"] == "done" and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
