@@ -71,6 +71,10 @@ RECOMPILE_LIMIT = 64
 """Each shape bucket is one recompile of the layer function; torch's default limit (8) would
 silently fall back to eager after eight buckets."""
 
+DECODE_ATTENTION = "sdpa"
+"""How the decode step attends: a key of fast_layers.DECODE_ATTENTION (sdpa, reduce, flex), read
+when an engine is built (benchmarks/decode_profile.py compares them)."""
+
 ENV_SWITCH = "POLYCHROMIC_FASTGEN"
 """Set to 0 to make `generation.sample` use plain generate() on a GPU too."""
 
@@ -186,7 +190,7 @@ class _Engine:
                  layer.post_attention_layernorm.weight, gu.weight, gu.bias, down.weight, down.bias)
             )
         self.graphs = graphs and self.device.type == "cuda"
-        self.decode_layer = decode_layer_fn(self.shape, self.act, compile)
+        self.decode_layer = decode_layer_fn(self.shape, self.act, compile, DECODE_ATTENTION)
         self.compiled = compile
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.buckets: OrderedDict = OrderedDict()

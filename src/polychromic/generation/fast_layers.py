@@ -64,8 +64,42 @@ def out_and_mlp(h, attn, shape: Shape, act, wo, bo, ln2, wgu, bgu, wd, bd):
     return h + F.linear(act(gate) * up, wd, bd)
 
 
-def make_decode_layer(shape: Shape, act):
+def attend_sdpa(q, kc, vc, mask, scale: float):
+    """Decode attention through SDPA: q (B, KV heads, G, D), the G query heads of one KV head as
+    its G query rows (they all sit at the same position); kc, vc (B, KV heads, L, D); mask (B, 1, 1, L)."""
+    return F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=scale)
+
+
+def attend_reduce(q, kc, vc, mask, scale: float):
+    """The same attention written as two reductions, for inductor to fuse (float32 throughout):
+    at one query position per row, SDPA's kernels spend most of their time on set-up for a cache
+    this short (docs/performance.md), while these read the cache once each."""
+    s = (q.unsqueeze(3).float() * kc.unsqueeze(2).float()).sum(-1) * scale  # (B, KV, G, L)
+    s = s.masked_fill(~mask, float("-inf"))
+    p = s.softmax(-1)
+    return (p.unsqueeze(-1) * vc.unsqueeze(2).float()).sum(-2).to(q.dtype)  # (B, KV, G, D)
+
+
+def attend_flex(q, kc, vc, mask, scale: float):
+    """The same attention through torch's flex_attention (its decoding kernel when compiled)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    b, nkv, g, d = q.shape
+    valid = mask.view(b, -1)
+
+    def keep(score, bi, h, qi, ki):
+        return torch.where(valid[bi, ki], score, float("-inf"))
+
+    o = flex_attention(q.reshape(b, nkv * g, 1, d), kc, vc, score_mod=keep, scale=scale, enable_gqa=True)
+    return o.reshape(b, nkv, g, d)
+
+
+DECODE_ATTENTION = {"sdpa": attend_sdpa, "reduce": attend_reduce, "flex": attend_flex}
+
+
+def make_decode_layer(shape: Shape, act, attention: str = "sdpa"):
     """One decoder layer for one new token per row; writes its K/V at `slot` of the cache."""
+    attend = DECODE_ATTENTION[attention]
 
     def decode_layer(h, ln1, wqkv, bqkv, qn, kn, wo, bo, ln2, wgu, bgu, wd, bd, cos, sin, kc, vc, slot, mask):
         b = h.shape[0]
@@ -74,7 +108,7 @@ def make_decode_layer(shape: Shape, act):
         vc.index_copy_(2, slot, v)
         # The G query heads of one KV head go in as G query rows of that head: no repeat_kv copy.
         group = shape.n_heads // shape.n_kv
-        o = F.scaled_dot_product_attention(q.reshape(b, shape.n_kv, group, shape.head_dim), kc, vc, attn_mask=mask, scale=shape.scaling)
+        o = attend(q.reshape(b, shape.n_kv, group, shape.head_dim), kc, vc, mask, shape.scaling)
         return out_and_mlp(h, o.reshape(b, 1, shape.n_heads * shape.head_dim), shape, act, wo, bo, ln2, wgu, bgu, wd, bd)
 
     return decode_layer
@@ -83,13 +117,15 @@ def make_decode_layer(shape: Shape, act):
 _LAYER_FNS: dict = {}
 
 
-def decode_layer_fn(shape: Shape, act, compile: bool):
-    """One decode-layer function per (shape, activation, compile), shared by engines: torch.compile
-    guards on the closure's objects, so a fresh closure per engine would recompile every time an
-    engine is rebuilt (after `release`, or for each model in the tests)."""
-    key = (shape, type(act), compile)
+def decode_layer_fn(shape: Shape, act, compile: bool, attention: str = "sdpa"):
+    """One decode-layer function per (shape, activation, compile, attention), shared by engines:
+    torch.compile guards on the closure's objects, so a fresh closure per engine would recompile
+    every time an engine is rebuilt (after `release`, or for each model in the tests)."""
+    if attention not in DECODE_ATTENTION:
+        raise ValueError(f"decode attention {attention!r}: one of {', '.join(DECODE_ATTENTION)}")
+    key = (shape, type(act), compile, attention)
     if key not in _LAYER_FNS:
-        fn = make_decode_layer(shape, act)
+        fn = make_decode_layer(shape, act, attention)
         _LAYER_FNS[key] = torch.compile(fn, fullgraph=True, dynamic=False) if compile else fn
     return _LAYER_FNS[key]
 
