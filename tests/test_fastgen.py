@@ -105,8 +105,10 @@ def _assert_greedy_agrees(ref, prompts, fast, plain, tol: float, min_compared: f
 # CPU: fastgen's arithmetic (eager) against transformers
 
 
-@pytest.mark.parametrize("model_type", ["qwen3", "llama", "qwen2"])
-def test_greedy_equals_plain_generate_cpu(model_type):
+@pytest.mark.parametrize("model_type,attention", [("qwen3", "sdpa"), ("llama", "sdpa"), ("qwen2", "sdpa"),
+                                                  ("qwen3", "reduce"), ("qwen3", "flex")])
+def test_greedy_equals_plain_generate_cpu(model_type, attention, monkeypatch):
+    monkeypatch.setattr(fastgen, "DECODE_ATTENTION", attention)
     model = _tiny(model_type)
     params = SamplingParams(greedy=True, max_new_tokens=12)
     fast = fastgen.sample(model, TOK, PROMPTS, 2, params, batch_size=3)
@@ -260,8 +262,11 @@ def test_plan_chunks():
 
 
 @needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_cuda_greedy_equals_plain_generate(dtype, monkeypatch):
+@pytest.mark.parametrize("dtype,attention", [(torch.float32, "sdpa"), (torch.bfloat16, "sdpa"), (torch.float32, "reduce"),
+                                             (torch.bfloat16, "reduce"), (torch.bfloat16, "flex")],
+                         ids=["fp32", "bf16", "fp32_reduce", "bf16_reduce", "bf16_flex"])
+def test_cuda_greedy_equals_plain_generate(dtype, attention, monkeypatch):
+    monkeypatch.setattr(fastgen, "DECODE_ATTENTION", attention)
     model = _tiny("qwen3", dtype=dtype, device="cuda")
     params = SamplingParams(greedy=True, max_new_tokens=24)
     fast = sample(model, TOK, PROMPTS, 2, params)
@@ -303,10 +308,25 @@ def test_cuda_seeded_and_state_bit_identical():
                 p.add_(torch.randn_like(p))
     d = sample(model, TOK, PROMPTS, 3, params, seed=7)
     assert ids(d) != ids(a)
-    merged = fastgen.merged_weights(model)
     layer = model.get_base_model().model.layers[0].self_attn.q_proj
-    expect = layer.base_layer.weight.float() + layer.scaling["default"] * layer.lora_B["default"].weight.float() @ layer.lora_A["default"].weight.float()
-    torch.testing.assert_close(merged["model.layers.0.self_attn.q_proj.weight"].float(), expect, rtol=2e-2, atol=2e-2)
+
+    def merged_q():
+        return fastgen.merged_weights(model)["model.layers.0.self_attn.q_proj.weight"].float()
+
+    def expect():
+        return layer.base_layer.weight.float() + layer.scaling["default"] * layer.lora_B["default"].weight.float() @ layer.lora_A["default"].weight.float()
+
+    torch.testing.assert_close(merged_q(), expect(), rtol=2e-2, atol=2e-2)
+    # The merge is a captured graph: a tensor replaced (a new address), or the adapter switched
+    # off, must capture it again rather than replay reads of the old tensors.
+    layer.lora_B["default"].weight = torch.nn.Parameter(torch.randn_like(layer.lora_B["default"].weight))
+    sample(model, TOK, PROMPTS, 1, params, seed=7)
+    torch.testing.assert_close(merged_q(), expect(), rtol=2e-2, atol=2e-2)
+    with model.disable_adapter():
+        sample(model, TOK, PROMPTS, 1, params, seed=7)
+        assert torch.equal(merged_q(), layer.base_layer.weight.float())
+    sample(model, TOK, PROMPTS, 1, params, seed=7)
+    torch.testing.assert_close(merged_q(), expect(), rtol=2e-2, atol=2e-2)
 
 
 @needs_cuda

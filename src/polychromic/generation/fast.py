@@ -193,6 +193,7 @@ class _Engine:
         self.decode_layer = decode_layer_fn(self.shape, self.act, compile, DECODE_ATTENTION)
         self.compiled = compile
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self.merge_graph, self.merge_key = None, None
         self.buckets: OrderedDict = OrderedDict()
         self.eos_tensors: dict = {}
 
@@ -202,8 +203,29 @@ class _Engine:
         return s
 
     def merge(self) -> None:
-        for s in self.slots:
-            s.merge()
+        """Refreshes the merged copy from the model's current weights. On a GPU the ~250 small
+        GEMMs and casts are one captured graph, replayed while the adapter's tensors stay where
+        they are (an optimizer step writes them in place); a new tensor, adapter set or scaling
+        captures again."""
+        if not self.graphs:
+            for s in self.slots:
+                s.merge()
+            return
+        key = tuple(s.state() for s in self.slots)
+        if self.merge_key != key:
+            self.merge_graph = None
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for s in self.slots:
+                    s.merge()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # its own pool: its casts' buffers outlive the decode graphs'
+                for s in self.slots:
+                    s.merge()
+            self.merge_graph, self.merge_key = graph, key
+        self.merge_graph.replay()
 
     def bucket(self, rows: int, length: int) -> _Bucket:
         key = (rows, length)
