@@ -22,9 +22,10 @@ process under the trainer's allocator setting (expandable segments; training/all
   setting without vLLM, use_transformers_continuous_batching. A reward that hashes the completion
   text gives non-zero advantages. The step time is read from a TrainerCallback (on_step_begin ->
   on_step_end); the median of steps 2..--trl-steps is reported.
-  TRL runs with attn_implementation="eager": with SDPA its first step's gradient norm is NaN
-  (left-padded prompts give fully masked attention rows; step_bench.py's sdpa probe shows which
-  kernels turn them into NaN) and the next sampling step fails on the NaN weights.
+  TRL runs with attn_implementation="eager": with SDPA its first step's gradient norm was NaN
+  and the next sampling step failed on the NaN weights. --sdpa-probe runs TRL (generate) for
+  two steps under SDPA with torch's choice of backend and again with cuDNN's attention left
+  out, recording each step's gradient norm and any error: which kernel the NaN comes from.
 
     PYTHONPATH=src python3 benchmarks/trl_peer.py                     # GPU, needs trl (see README)
     PYTHONPATH=src python benchmarks/trl_peer.py --shape tiny --repeats 1 --trl-steps 2   # CPU smoke
@@ -56,6 +57,7 @@ from polychromic.data import render_prompt  # noqa: E402
 from polychromic.prompts import padded_width  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
 from polychromic.training.allocator import configure_allocator  # noqa: E402
+from polychromic.generation import fast as fastgen  # noqa: E402
 from polychromic.training.compiled import compile_layers, uncompile  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.rollout import generate_rollouts, rollout_seed  # noqa: E402
@@ -69,13 +71,16 @@ VARIANTS = {
     "sdpa_pad32": ("sdpa", 32, None, False),
     "sdpa_nocudnn": ("sdpa", 1, ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"), False),
     "sdpa_compiled": ("sdpa", 1, None, True),
+    "shipped": ("sdpa", 1, ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"), True),
 }
 """Our step's settings: (attn_implementation, trainer.pad_to_multiple_of, the SDPA backends
 allowed (None = torch's choice), trainer.compile). pad32 pads every recompute pass to a
 multiple of 32 tokens (few distinct shapes); nocudnn leaves cuDNN's attention out of SDPA's
 choice; both probe the one-time cost per new pass width that the first steps of a process pay
 under SDPA. compiled runs the decoder layers' training passes through torch.compile
-(training/compiled.py, what the shipped Qwen3-8B configs do); its warm-up step compiles."""
+(training/compiled.py); its warm-up step compiles. shipped is what the shipped Qwen3-8B configs
+run: compiled, without cuDNN's attention (trainer.cudnn_attention false) in training and
+sampling alike, as train() sets it."""
 
 
 def _backends(names):
@@ -102,6 +107,7 @@ def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) ->
         vcfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, pad_to_multiple_of=multiple))
         sb.use_lora_path(model, path)
         sb.set_attention(model, impl)
+        fastgen.release(model, empty_cache=False)  # each setting captures its own decode step (in its warm-up step)
         times, parts = [], []
         for step in range(args.repeats + 1):
             sel = [(step * m + i) % len(texts) for i in range(m)]
@@ -109,7 +115,8 @@ def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) ->
             ids = [render_prompt(tok, cfg.data, t) for t in t_text]
             sb.sync()
             t0 = time.perf_counter()
-            ro = generate_rollouts(model, tok, t_text, ids, cfg.rollout, rollout_seed(cfg.seed, step))
+            with _backends(backends):  # sampling too, as train() does (the decode graph is captured under it)
+                ro = generate_rollouts(model, tok, t_text, ids, cfg.rollout, rollout_seed(cfg.seed, step))
             sb.sync()
             t1 = time.perf_counter()
             passes = []
@@ -135,8 +142,6 @@ def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) ->
         print(f"ours ({path} LoRA, {variant}): {med:.3f} s per step {times}; widths "
               f"{[(p['width'], 'new' if p['new_width'] else 'seen', p['passes']) for p in parts]}", flush=True)
     sb.set_attention(model, "sdpa")
-    from polychromic.generation import fast as fastgen
-
     fastgen.release(model)
     del model, opt, params, embedder
     gc.collect()
@@ -172,13 +177,14 @@ def reward(prompts, completions, **kw):
     return [zlib.crc32(str(c).encode()) % 1000 / 1000 for c in completions]
 
 
-def trl_run(args, dev, dtype, work: Path, continuous: bool) -> dict:
+def trl_run(args, dev, dtype, work: Path, continuous: bool, attention: str = "eager", cudnn: bool = True,
+            steps: int | None = None) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
     base, tok = bm.build_model(args.shape, dev, dtype)
-    sb.set_attention(base, "eager")
+    sb.set_attention(base, attention)
     texts = [r["prompt"] for r in _rows(work, args.shape)]
     data = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"Generate an engaging Twitter reply to this tweet:\n\n{t}\n\nReply:"}]
                                          for t in texts]})
@@ -186,7 +192,7 @@ def trl_run(args, dev, dtype, work: Path, continuous: bool) -> dict:
     cfg = GRPOConfig(
         output_dir=str(work / ("trl_cb" if continuous else "trl")), per_device_train_batch_size=40, gradient_accumulation_steps=1,
         num_generations=5, max_completion_length=100, temperature=0.9, top_p=1.0, top_k=0, learning_rate=LR, beta=0.0,
-        max_steps=args.trl_steps, logging_steps=1, report_to="none", save_strategy="no", seed=42, bf16=cuda,
+        max_steps=steps or args.trl_steps, logging_steps=1, report_to="none", save_strategy="no", seed=42, bf16=cuda,
         use_cpu=not cuda, use_transformers_continuous_batching=continuous, disable_tqdm=True,
     )
     timer = StepTimer()
@@ -194,17 +200,21 @@ def trl_run(args, dev, dtype, work: Path, continuous: bool) -> dict:
                           peft_config=LoraConfig(r=16, lora_alpha=16, lora_dropout=0.1, target_modules=bm.TARGETS, task_type="CAUSAL_LM"),
                           callbacks=[timer.callback])
     t0 = time.perf_counter()
+    torch.backends.cuda.enable_cudnn_sdp(cudnn)
     try:
         trainer.train()
         error = None
     except Exception as exc:  # a measured outcome of this setting: recorded and reported
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
     wall = time.perf_counter() - t0
     later = timer.steps[1:]
-    res = {"continuous_batching": continuous, "steps_s": timer.steps, "step_s": statistics.median(later) if later else None,
+    res = {"continuous_batching": continuous, "attention": attention, "cudnn_attention": cudnn, "steps_s": timer.steps, "step_s": statistics.median(later) if later else None,
            "train_wall_s": wall, "error": error, "grad_norms": [lg.get("grad_norm") for lg in timer.logs if "grad_norm" in lg],
            "logs": timer.logs}
-    print(f"TRL ({'continuous batching' if continuous else 'generate'}): {res['step_s']} s per step {timer.steps} error={error}", flush=True)
+    print(f"TRL ({'continuous batching' if continuous else 'generate'}, {attention}{'' if cudnn else ' without cuDNN'}): "
+          f"{res['step_s']} s per step {timer.steps} grad norms {res['grad_norms']} error={error}", flush=True)
     del trainer, base
     gc.collect()
     if torch.cuda.is_available():
@@ -234,6 +244,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lora", default="fast,peft", help="our LoRA paths, comma list: fast (the trainer's default), peft")
     ap.add_argument("--variants", default="sdpa,eager,sdpa_pad32,sdpa_nocudnn,sdpa_compiled",
                     help=f"attention variants of the first LoRA path, comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--sdpa-probe", action="store_true", help="also TRL under SDPA, with and without cuDNN (2 steps each)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
     alloc = configure_allocator(True, "auto")  # as the trainer does, before CUDA starts; TRL runs under the same
@@ -255,6 +266,9 @@ def main(argv=None) -> int:
     res["trl_generate"] = trl_run(args, dev, dtype, work, continuous=False)
     if "cb" not in args.skip:
         res["trl_continuous_batching"] = trl_run(args, dev, dtype, work, continuous=True)
+    if args.sdpa_probe:
+        res["trl_sdpa_probe"] = {"sdpa": trl_run(args, dev, dtype, work, False, attention="sdpa", steps=2),
+                                 "sdpa_nocudnn": trl_run(args, dev, dtype, work, False, attention="sdpa", cudnn=False, steps=2)}
     print("\n== per optimizer step, 8 x 5 x 100 rollouts + policy gradient over 40 + AdamW ==")
     for name, o in res["ours"].items():
         print(f"ours, {name:22s} {o['step_s']:7.3f} s")
