@@ -56,7 +56,6 @@ from polychromic.training.rollout import generate_rollouts  # noqa: E402
 VARIANTS = {
     # the decode attention (fast.DECODE_ATTENTION; fast_layers.DECODE_ATTENTION has each)
     "sdpa": dict(attention="sdpa"),
-    "reduce": dict(attention="reduce"),
     "flex": dict(attention="flex"),
     "sdpa_nocudnn": dict(attention="sdpa", cudnn=False),  # what a training run meets (trainer.cudnn_attention)
     # inductor settings for the decode layer, with the default attention
@@ -190,7 +189,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(bm.SHAPES), default="8b")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variants", default="reduce,flex,sdpa_nocudnn", help="comma list of " + ", ".join(VARIANTS) + ", or none")
+    ap.add_argument("--variants", default="sdpa,sdpa_nocudnn", help="comma list of " + ", ".join(VARIANTS) + ", or none")
     ap.add_argument("--autotune-gemm", action="store_true", help="also each matmul under inductor's autotuning")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)

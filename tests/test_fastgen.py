@@ -106,7 +106,7 @@ def _assert_greedy_agrees(ref, prompts, fast, plain, tol: float, min_compared: f
 
 
 @pytest.mark.parametrize("model_type,attention", [("qwen3", "sdpa"), ("llama", "sdpa"), ("qwen2", "sdpa"),
-                                                  ("qwen3", "reduce"), ("qwen3", "flex")])
+                                                  ("qwen3", "flex")])
 def test_greedy_equals_plain_generate_cpu(model_type, attention, monkeypatch):
     monkeypatch.setattr(fastgen, "DECODE_ATTENTION", attention)
     model = _tiny(model_type)
@@ -262,9 +262,8 @@ def test_plan_chunks():
 
 
 @needs_cuda
-@pytest.mark.parametrize("dtype,attention", [(torch.float32, "sdpa"), (torch.bfloat16, "sdpa"), (torch.float32, "reduce"),
-                                             (torch.bfloat16, "reduce"), (torch.bfloat16, "flex")],
-                         ids=["fp32", "bf16", "fp32_reduce", "bf16_reduce", "bf16_flex"])
+@pytest.mark.parametrize("dtype,attention", [(torch.float32, "sdpa"), (torch.bfloat16, "sdpa"), (torch.float32, "flex"),
+                                             (torch.bfloat16, "flex")], ids=["fp32_sdpa", "bf16_sdpa", "fp32_flex", "bf16_flex"])
 def test_cuda_greedy_equals_plain_generate(dtype, attention, monkeypatch):
     monkeypatch.setattr(fastgen, "DECODE_ATTENTION", attention)
     model = _tiny("qwen3", dtype=dtype, device="cuda")

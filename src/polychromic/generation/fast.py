@@ -23,8 +23,9 @@ This module closes the gap:
 
 The prefill runs eagerly: it is one pass over the prompts and a small share of the time.
 Attention matches generate(): left padding, positions counted over real tokens only, padded keys
-masked. In the decode step the query heads sharing one KV head are handed to SDPA as its query
-rows (they all sit at the same position), so the KV cache is read once, never repeated per head.
+masked. The decode step attends through flex_attention's decoding kernel (DECODE_ATTENTION; SDPA
+the alternative, with the query heads sharing one KV head handed to it as that head's query rows),
+so the KV cache is read once, never repeated per head.
 
 Supported: model_type llama (SmolLM2), qwen2, qwen3 with full attention and a static RoPE, plain
 nn.Linear projections (no 4-bit), LoRA adapters (no DoRA or other variants) on the seven
@@ -71,9 +72,9 @@ RECOMPILE_LIMIT = 64
 """Each shape bucket is one recompile of the layer function; torch's default limit (8) would
 silently fall back to eager after eight buckets."""
 
-DECODE_ATTENTION = "sdpa"
-"""How the decode step attends: a key of fast_layers.DECODE_ATTENTION (sdpa, reduce, flex), read
-when an engine is built (benchmarks/decode_profile.py compares them)."""
+DECODE_ATTENTION = "flex"
+"""How the decode step attends: a key of fast_layers.DECODE_ATTENTION (flex, sdpa), read when an
+engine is built (benchmarks/decode_profile.py compares them: flex saves ~0.3 ms of a ~6.3 ms step)."""
 
 ENV_SWITCH = "POLYCHROMIC_FASTGEN"
 """Set to 0 to make `generation.sample` use plain generate() on a GPU too."""
@@ -193,7 +194,6 @@ class _Engine:
         self.decode_layer = decode_layer_fn(self.shape, self.act, compile, DECODE_ATTENTION)
         self.compiled = compile
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
-        self.merge_graph, self.merge_key = None, None
         self.buckets: OrderedDict = OrderedDict()
         self.eos_tensors: dict = {}
 
@@ -203,29 +203,8 @@ class _Engine:
         return s
 
     def merge(self) -> None:
-        """Refreshes the merged copy from the model's current weights. On a GPU the ~250 small
-        GEMMs and casts are one captured graph, replayed while the adapter's tensors stay where
-        they are (an optimizer step writes them in place); a new tensor, adapter set or scaling
-        captures again."""
-        if not self.graphs:
-            for s in self.slots:
-                s.merge()
-            return
-        key = tuple(s.state() for s in self.slots)
-        if self.merge_key != key:
-            self.merge_graph = None
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for s in self.slots:
-                    s.merge()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):  # its own pool: its casts' buffers outlive the decode graphs'
-                for s in self.slots:
-                    s.merge()
-            self.merge_graph, self.merge_key = graph, key
-        self.merge_graph.replay()
+        for s in self.slots:
+            s.merge()
 
     def bucket(self, rows: int, length: int) -> _Bucket:
         key = (rows, length)

@@ -60,25 +60,6 @@ class Slot:
             raise ValueError(f"fused projections disagree on bias: {[type(m).__name__ for m in sources]}")
         self.bias = torch.empty(rows, device=device, dtype=dtype) if all(has_bias) else None
 
-    def _terms(self, m) -> list:
-        """(A, B, scaling) of each active adapter of source m; empty without one."""
-        if isinstance(m, lora_linear_cls()) and not m.disable_adapters:
-            return [(m.lora_A[a].weight, m.lora_B[a].weight, m.scaling[a]) for a in m.active_adapters if a in m.lora_A]
-        return []
-
-    def state(self) -> tuple | None:
-        """What a captured merge depends on besides tensor values: every tensor's address and
-        dtype, which adapters are active and their scalings. Equal states replay the same work."""
-        if self.alias:
-            return None
-        LoraLinear = lora_linear_cls()
-        out = []
-        for m in self.sources:
-            lin = m.base_layer if isinstance(m, LoraLinear) else m
-            terms = tuple((a.data_ptr(), a.dtype, b.data_ptr(), b.dtype, float(s)) for a, b, s in self._terms(m))
-            out.append((lin.weight.data_ptr(), None if lin.bias is None else lin.bias.data_ptr(), terms))
-        return tuple(out)
-
     def merge(self) -> None:
         if self.alias:
             return
@@ -88,7 +69,9 @@ class Slot:
             lin = m.base_layer if isinstance(m, LoraLinear) else m
             w = lin.weight
             dst = self.weight[row : row + w.shape[0]]
-            terms = self._terms(m)
+            terms = []
+            if isinstance(m, LoraLinear) and not m.disable_adapters:
+                terms = [(m.lora_A[a].weight, m.lora_B[a].weight, m.scaling[a]) for a in m.active_adapters if a in m.lora_A]
             if not terms:
                 dst.copy_(w)
             # W + s * B @ A in one GEMM: the sum is accumulated in float32 and rounded once (peft's
