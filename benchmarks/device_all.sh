@@ -5,9 +5,11 @@
 #   bash benchmarks/device_all.sh step OUTDIR   # step_bench.py, both LoRA paths side by side (fast, peft);
 #                                               # then the fast path once more with the allocator's default
 #                                               # segments (step_bench_default_segments.json)
-#   bash benchmarks/device_all.sh peer OUTDIR   # trl_peer.py: our step beside TRL 1.16 GRPOTrainer (transformers
-#                                               # generate, then continuous batching), one process; installs the
-#                                               # wheels of ${WHEELS:-.whl2} into /tmp/site first
+#   bash benchmarks/device_all.sh peer OUTDIR   # trl_peer.py: our step (the shipped settings, and compiled with
+#                                               # torch's SDPA backends) beside TRL 1.16 GRPOTrainer (transformers
+#                                               # generate, then continuous batching, then under SDPA with and
+#                                               # without cuDNN), one process; installs the wheels of
+#                                               # ${WHEELS:-.whl2} into /tmp/site first
 #   bash benchmarks/device_all.sh run OUTDIR    # moderate_run.py: the whole moderate run through `polychromic
 #                                               # train` under a 76 GiB cap (model folder in ${BENCH_WORK:-/root/bench})
 #
@@ -46,10 +48,10 @@ run() {
 }
 
 if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
-  step_args=(--shape tiny --repeats 1) skip_more=,eval peer_args=(--shape tiny --repeats 1 --trl-steps 2)
+  step_args=(--shape tiny --repeats 1) skip_more=,eval peer_args=(--shape tiny --repeats 1 --trl-steps 2 --variants sdpa)
   run_args=(--shape tiny --examples 96 --device cpu)
 else
-  step_args=(--repeats 3) skip_more= peer_args=(--repeats 3 --trl-steps 3) run_args=(--memory-gb 76)
+  step_args=(--repeats 3) skip_more= peer_args=(--repeats 4 --trl-steps 3 --variants shipped,sdpa_compiled) run_args=(--memory-gb 76)
 fi
 
 versions 2>&1 | tee "$log"
@@ -68,7 +70,7 @@ case $mode in
     fi
     python3 -c "import trl, datasets, pyarrow, huggingface_hub, fsspec; print('trl', trl.__version__, 'datasets', datasets.__version__,
 'pyarrow', pyarrow.__version__, 'huggingface_hub', huggingface_hub.__version__, 'fsspec', fsspec.__version__)" 2>&1 | tee -a "$log"
-    run 570 python3 benchmarks/trl_peer.py "${peer_args[@]}" --lora fast,peft --out "$out" || status=$?
+    run 570 python3 benchmarks/trl_peer.py "${peer_args[@]}" --lora fast --sdpa-probe --out "$out" || status=$?
     ;;
   run)
     work=${BENCH_WORK:-/root/bench}
