@@ -17,7 +17,7 @@ In one process:
              (max-autotune-no-cudagraphs: cuBLAS against Triton templates, split-K among them)
   attention  the decode attention over the step's cache alone, captured: SDPA as the step runs it
              (with and without cuDNN's backend, and without mask), and each of
-             fast_layers.DECODE_ATTENTION compiled, with its largest difference from SDPA
+             fast_layers.ATTENTION_FNS compiled, with its largest difference from SDPA
   variants   the whole rollouts again with another decode attention, or the decode layer
              compiled under other inductor settings (--variants), each recaptured; the decode
              step's time per variant
@@ -54,7 +54,7 @@ from polychromic.training.allocator import configure_allocator  # noqa: E402
 from polychromic.training.rollout import generate_rollouts  # noqa: E402
 
 VARIANTS = {
-    # the decode attention (fast.DECODE_ATTENTION; fast_layers.DECODE_ATTENTION has each)
+    # the decode attention (fast.DECODE_ATTENTION; fast_layers.ATTENTION_FNS has each)
     "sdpa": dict(attention="sdpa"),
     "flex": dict(attention="flex"),
     "sdpa_nocudnn": dict(attention="sdpa", cudnn=False),  # what a training run meets (trainer.cudnn_attention)
@@ -168,7 +168,7 @@ def attention_table(eng, b, width: int) -> dict:
     out["masked_nocudnn_s"] = captured_seconds(lambda: F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=s.scaling))
     torch.backends.cuda.enable_cudnn_sdp(True)
     ref = fast_layers.attend_sdpa(q, kc, vc, mask, s.scaling).float()
-    for name, fn in fast_layers.DECODE_ATTENTION.items():
+    for name, fn in fast_layers.ATTENTION_FNS.items():
         comp = torch.compile(fn, fullgraph=True, dynamic=False)
         try:
             got = comp(q, kc, vc, mask, s.scaling)
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     else:
         eng, b, sp = engine_state(model)
         width = res["rollouts"]["stats"]["width"]
-        s, counts = eng.shape, sb.param_counts(model)
+        s = eng.shape
         weight_bytes = sum(x.numel() * x.element_size() for lw in eng.layer_args for x in (lw[1], lw[5], lw[8], lw[10]))
         weight_bytes += eng.lm_head_w.numel() * eng.lm_head_w.element_size()
         ctx = width + 50  # the mean real context over the 100 steps

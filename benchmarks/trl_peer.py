@@ -65,13 +65,14 @@ from polychromic.training.rollout import generate_rollouts, rollout_seed  # noqa
 LR = 2e-4
 
 
+NO_CUDNN = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 VARIANTS = {
     "sdpa": ("sdpa", 1, None, False),
     "eager": ("eager", 1, None, False),
     "sdpa_pad32": ("sdpa", 32, None, False),
-    "sdpa_nocudnn": ("sdpa", 1, ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"), False),
+    "sdpa_nocudnn": ("sdpa", 1, NO_CUDNN, False),
     "sdpa_compiled": ("sdpa", 1, None, True),
-    "shipped": ("sdpa", 1, ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"), True),
+    "shipped": ("sdpa", 1, NO_CUDNN, True),
 }
 """Our step's settings: (attn_implementation, trainer.pad_to_multiple_of, the SDPA backends
 allowed (None = torch's choice), trainer.compile). pad32 pads every recompute pass to a

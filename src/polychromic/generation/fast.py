@@ -73,7 +73,7 @@ RECOMPILE_LIMIT = 64
 silently fall back to eager after eight buckets."""
 
 DECODE_ATTENTION = "flex"
-"""How the decode step attends: a key of fast_layers.DECODE_ATTENTION (flex, sdpa), read when an
+"""How the decode step attends: a key of fast_layers.ATTENTION_FNS (flex, sdpa), read when an
 engine is built (benchmarks/decode_profile.py compares them: flex saves ~0.3 ms of a ~6.3 ms step)."""
 
 ENV_SWITCH = "POLYCHROMIC_FASTGEN"

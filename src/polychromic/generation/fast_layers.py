@@ -71,8 +71,8 @@ def attend_sdpa(q, kc, vc, mask, scale: float):
 
 
 def attend_flex(q, kc, vc, mask, scale: float):
-    """The same attention through torch's flex_attention: compiled, its decoding kernel splits the
-    cache across thread blocks and reads it once (18.9 us per layer against SDPA's 28 to 32 us at
+    """The same attention through torch's flex_attention: compiled, its decoding kernel packs the
+    query heads of one KV head into one program and reads that head's cache once (18.9 us per layer against SDPA's 28 to 32 us at
     40 rows x 192 slots on the Qwen3-8B shape, benchmarks/decode_profile.py); uncompiled (a CPU
     test) it is torch's unfused reference."""
     from torch.nn.attention.flex_attention import flex_attention
@@ -87,12 +87,13 @@ def attend_flex(q, kc, vc, mask, scale: float):
     return o.reshape(b, nkv, g, d)
 
 
-DECODE_ATTENTION = {"sdpa": attend_sdpa, "flex": attend_flex}
+ATTENTION_FNS = {"sdpa": attend_sdpa, "flex": attend_flex}
+"""The decode attentions by name (generation.fast.DECODE_ATTENTION picks one)."""
 
 
-def make_decode_layer(shape: Shape, act, attention: str = "sdpa"):
+def make_decode_layer(shape: Shape, act, attention: str):
     """One decoder layer for one new token per row; writes its K/V at `slot` of the cache."""
-    attend = DECODE_ATTENTION[attention]
+    attend = ATTENTION_FNS[attention]
 
     def decode_layer(h, ln1, wqkv, bqkv, qn, kn, wo, bo, ln2, wgu, bgu, wd, bd, cos, sin, kc, vc, slot, mask):
         b = h.shape[0]
@@ -110,12 +111,12 @@ def make_decode_layer(shape: Shape, act, attention: str = "sdpa"):
 _LAYER_FNS: dict = {}
 
 
-def decode_layer_fn(shape: Shape, act, compile: bool, attention: str = "sdpa"):
+def decode_layer_fn(shape: Shape, act, compile: bool, attention: str):
     """One decode-layer function per (shape, activation, compile, attention), shared by engines:
     torch.compile guards on the closure's objects, so a fresh closure per engine would recompile
     every time an engine is rebuilt (after `release`, or for each model in the tests)."""
-    if attention not in DECODE_ATTENTION:
-        raise ValueError(f"decode attention {attention!r}: one of {', '.join(DECODE_ATTENTION)}")
+    if attention not in ATTENTION_FNS:
+        raise ValueError(f"decode attention {attention!r}: one of {', '.join(ATTENTION_FNS)}")
     key = (shape, type(act), compile, attention)
     if key not in _LAYER_FNS:
         fn = make_decode_layer(shape, act, attention)
