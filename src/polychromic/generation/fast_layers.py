@@ -70,7 +70,11 @@ def attend_sdpa(q, kc, vc, mask, scale: float):
     return F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=scale)
 
 
-def attend_flex(q, kc, vc, mask, scale: float):
+FLEX_KERNEL_OPTIONS: dict = {}
+"""kernel_options handed to flex_attention by the decode step (torch's defaults when empty)."""
+
+
+def attend_flex(q, kc, vc, mask, scale: float, kernel_options: dict | None = None):
     """The same attention through torch's flex_attention: compiled, its decoding kernel packs the
     query heads of one KV head into one program and reads that head's cache once (18.9 us per layer against SDPA's 28 to 32 us at
     40 rows x 192 slots on the Qwen3-8B shape, benchmarks/decode_profile.py); uncompiled (a CPU
@@ -83,7 +87,9 @@ def attend_flex(q, kc, vc, mask, scale: float):
     def keep(score, bi, h, qi, ki):
         return torch.where(valid[bi, ki], score, float("-inf"))
 
-    o = flex_attention(q.reshape(b, nkv * g, 1, d), kc, vc, score_mod=keep, scale=scale, enable_gqa=True)
+    opts = FLEX_KERNEL_OPTIONS if kernel_options is None else kernel_options
+    o = flex_attention(q.reshape(b, nkv * g, 1, d), kc, vc, score_mod=keep, scale=scale, enable_gqa=True,
+                       kernel_options=dict(opts) or None)
     return o.reshape(b, nkv, g, d)
 
 

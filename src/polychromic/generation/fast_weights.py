@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import torch
 
+from polychromic.generation import fast_kernels
+
+MERGE_KERNEL = True
+"""Merge a CUDA copy through fast_kernels.merge_into (W read once, the sum written once) instead
+of torch.addmm; benchmarks/decode_kernels.py measures both."""
+
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
 
@@ -79,6 +85,9 @@ class Slot:
             # weight dtype for the GEMM; its share of W' is small, so that error is far under
             # W's own rounding.
             for i, (a, b, s) in enumerate(terms):
+                if i == 0 and MERGE_KERNEL and fast_kernels.available(dst):
+                    fast_kernels.merge_into(dst, w, b, a, s)
+                    continue
                 a, b = a.to(w.dtype), b.to(w.dtype)
                 if i == 0:
                     torch.addmm(w, b, a, alpha=s, out=dst)

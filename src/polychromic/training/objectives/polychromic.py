@@ -251,6 +251,8 @@ def score_rollouts(ro: Rollouts, embedder, cfg: ObjectiveConfig) -> tuple[np.nda
     flat_prompts = [p for p, group in zip(ro.prompt_texts, ro.texts) for _ in group]
     flat_texts = [t for group in ro.texts for t in group]
     flat_finished = [f for group in ro.finished for f in group]
+    if embed is not None and cfg.diversity_metric in ("semantic", "semantic_distinct"):
+        embed(flat_texts)  # one encoder call for all M x N texts; the per-group distances read the cache
     q = score_quality(flat_prompts, flat_texts, flat_finished, embed, cfg).reshape(ro.m, ro.n)
     dist = np.stack([distance_matrix(group, cfg.diversity_metric, embed) for group in ro.texts])
     iu = np.triu_indices(ro.n, k=1)
