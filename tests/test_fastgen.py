@@ -340,3 +340,24 @@ def test_cuda_eos_and_min_new_match_plain(monkeypatch):
     plain = sample(ref, tok, PROMPTS, 1, params)
     assert [[(c.ids, c.finished) for c in r] for r in fast] == [[(c.ids, c.finished) for c in r] for r in plain]
     assert any(c.finished for r in fast for c in r)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k,r", [(64, 128, 16), (100, 300, 8), (1024, 4096, 16), (77, 200, 24)])
+def test_cuda_merge_kernel_equals_addmm(dtype, n, k, r):
+    from polychromic.generation import fast_kernels
+
+    g = torch.Generator(device="cuda").manual_seed(n + k + r)
+    w = torch.randn(n, k, device="cuda", generator=g).to(dtype)
+    b = torch.randn(n, r, device="cuda", generator=g) * 0.1  # float32 adapters, as peft keeps them
+    a = torch.randn(r, k, device="cuda", generator=g) * 0.1
+    want = torch.addmm(w, b.to(dtype), a.to(dtype), alpha=0.5)
+    out = torch.full((n + 3, k), float("nan"), device="cuda", dtype=dtype)[1 : n + 1]  # a row slice of a larger buffer
+    got = fast_kernels.merge_into(out, w, b, a, 0.5)
+    assert got.data_ptr() == out.data_ptr() and torch.isfinite(got).all()
+    # both round one float32 sum of the same bf16/fp32 products; only the summation order differs
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=8e-3, atol=8e-3)
+    torch.testing.assert_close(got, want, **tol)
+    with pytest.raises(ValueError, match="do not fit"):
+        fast_kernels.merge_into(out, w, b[:, :-1], a, 0.5)

@@ -163,3 +163,25 @@ def test_rows_per_pass_on_a_cpu_takes_all_unless_capped(tiny):
     assert rows_per_pass(model, 300, 40, None, probe=5) == 40
     assert rows_per_pass(model, 300, 40, 16, probe=5) == 16
     assert rows_per_pass(model, 300, 3, 16, probe=5) == 3
+
+
+def test_scoring_embeds_all_rollout_texts_in_one_call():
+    from polychromic.generation import SamplingParams
+    from polychromic.rewards import distance_matrix
+    from polychromic.training.rollout import Rollouts
+
+    texts = [[f"reply {i} {j} " + "xyz"[j % 3] * (j + 1) for j in range(4)] for i in range(3)]
+    ro = Rollouts(prompt_texts=["a", "b", "c"], prompt_ids=[[1], [2], [3]], completion_ids=[[[5]] * 4] * 3,
+                  finished=[[True] * 4] * 3, texts=texts, params=SamplingParams(), seed=0, seconds=0.0)
+    calls = []
+
+    def counting(batch):
+        calls.append(list(batch))
+        return _embed(batch)
+
+    cfg = load_config(None, ["objective.quality=constant", "objective.diversity_metric=semantic"]).objective
+    q, dist, _ = poly.score_rollouts(ro, counting, cfg)
+    assert calls == [[t for g in texts for t in g]]  # one call, every text once
+    for i, group in enumerate(texts):  # the same distances as embedding each group alone
+        np.testing.assert_allclose(dist[i], distance_matrix(group, "semantic", _embed), rtol=0, atol=1e-12)
+    assert q.shape == (3, 4)

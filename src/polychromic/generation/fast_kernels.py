@@ -16,29 +16,23 @@ from __future__ import annotations
 
 import torch
 
-_kernels: dict = {}
+try:  # Triton ships with CUDA builds of torch; a CPU build has none and takes torch's path
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the torch build
+    triton = None
 
 
 def available(t: torch.Tensor) -> bool:
-    """True when `t` is a CUDA tensor and Triton imports."""
-    if t.device.type != "cuda":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """True when `t` is a CUDA tensor and Triton is installed."""
+    return t.device.type == "cuda" and triton is not None
 
 
-def _build():
-    if _kernels:
-        return _kernels
-    import triton
-    import triton.language as tl
+if triton is not None:
 
     @triton.jit
-    def merge_kernel(w_ptr, b_ptr, a_ptr, o_ptr, N, K, R, scale, s_w, s_b, s_a, s_o,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
+    def _merge_kernel(w_ptr, b_ptr, a_ptr, o_ptr, N, K, R, scale, s_w, s_b, s_a, s_o,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
         rr = tl.arange(0, BLOCK_R)
@@ -51,8 +45,8 @@ def _build():
         tl.store(o_ptr + rn[:, None] * s_o + rk[None, :], res.to(o_ptr.dtype.element_ty), mask=mn[:, None] & mk[None, :])
 
     @triton.jit
-    def skinny_kernel(x_ptr, w_ptr, p_ptr, M, N, K, s_x, s_w, k_per_split,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _skinny_kernel(x_ptr, w_ptr, p_ptr, M, N, K, s_x, s_w, k_per_split,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_n, pid_s = tl.program_id(0), tl.program_id(1)
         rm = tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -67,8 +61,9 @@ def _build():
             acc = tl.dot(xt, tl.trans(wt), acc)
         tl.store(p_ptr + pid_s * M * N + rm[:, None] * N + rn[None, :], acc, mask=mm[:, None] & mn[None, :])
 
-    _kernels.update(merge=merge_kernel, skinny=skinny_kernel, triton=triton)
-    return _kernels
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def merge_into(out: torch.Tensor, w: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scale: float,
@@ -82,10 +77,9 @@ def merge_into(out: torch.Tensor, w: torch.Tensor, b: torch.Tensor, a: torch.Ten
     for name, t in (("out", out), ("w", w), ("b", b), ("a", a)):
         if t.stride(-1) != 1:
             raise ValueError(f"merge_into: {name} must have unit stride along its last dimension")
-    kern = _build()
     block_r = max(16, 1 << (r - 1).bit_length())
-    grid = (kern["triton"].cdiv(n, block_n), kern["triton"].cdiv(k, block_k))
-    kern["merge"][grid](w, b, a, out, n, k, r, float(scale), w.stride(0), b.stride(0), a.stride(0), out.stride(0),
+    grid = (_cdiv(n, block_n), _cdiv(k, block_k))
+    _merge_kernel[grid](w, b, a, out, n, k, r, float(scale), w.stride(0), b.stride(0), a.stride(0), out.stride(0),
                         BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=block_r)
     return out
 
@@ -100,12 +94,9 @@ def skinny_linear(x: torch.Tensor, w: torch.Tensor, split: int, block_n: int = 6
         raise ValueError(f"skinny_linear: x {tuple(x.shape)} and w {tuple(w.shape)} do not fit")
     if m > 64:
         raise ValueError(f"skinny_linear serves at most 64 rows, got {m}")
-    kern = _build()
-    per = -(-k // split)
-    per = -(-per // block_k) * block_k
+    per = _cdiv(_cdiv(k, split), block_k) * block_k
     parts = torch.empty(split, m, n, device=x.device, dtype=torch.float32)
     block_m = max(16, 1 << (m - 1).bit_length())
-    grid = (kern["triton"].cdiv(n, block_n), split)
-    kern["skinny"][grid](x, w, parts, m, n, k, x.stride(0), w.stride(0), per,
-                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+    _skinny_kernel[(_cdiv(n, block_n), split)](x, w, parts, m, n, k, x.stride(0), w.stride(0), per,
+                                               BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
     return parts.sum(0).to(x.dtype)
