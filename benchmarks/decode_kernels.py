@@ -112,6 +112,7 @@ def skinny_table(eng, rows: int) -> list[dict]:
     return out
 
 
+@torch.no_grad()
 def merge_table(model, eng) -> dict:
     base = fast_weights.base_model(model)
     layer = base.model.layers[0]

@@ -32,7 +32,7 @@ if triton is not None:
 
     @triton.jit
     def _merge_kernel(w_ptr, b_ptr, a_ptr, o_ptr, N, K, R, scale, s_w, s_b, s_a, s_o,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, PRECISION: tl.constexpr):
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
         rr = tl.arange(0, BLOCK_R)
@@ -40,13 +40,13 @@ if triton is not None:
         bt = tl.load(b_ptr + rn[:, None] * s_b + rr[None, :], mask=mn[:, None] & mr[None, :], other=0.0)
         at = tl.load(a_ptr + rr[:, None] * s_a + rk[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
         wt = tl.load(w_ptr + rn[:, None] * s_w + rk[None, :], mask=mn[:, None] & mk[None, :], other=0.0)
-        ba = tl.dot(bt.to(w_ptr.dtype.element_ty), at.to(w_ptr.dtype.element_ty))
+        ba = tl.dot(bt.to(w_ptr.dtype.element_ty), at.to(w_ptr.dtype.element_ty), input_precision=PRECISION)
         res = wt.to(tl.float32) + scale * ba
         tl.store(o_ptr + rn[:, None] * s_o + rk[None, :], res.to(o_ptr.dtype.element_ty), mask=mn[:, None] & mk[None, :])
 
     @triton.jit
     def _skinny_kernel(x_ptr, w_ptr, p_ptr, M, N, K, s_x, s_w, k_per_split,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
         pid_n, pid_s = tl.program_id(0), tl.program_id(1)
         rm = tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -58,12 +58,18 @@ if triton is not None:
             mk = rk < K
             xt = tl.load(x_ptr + rm[:, None] * s_x + rk[None, :], mask=mm[:, None] & mk[None, :], other=0.0)
             wt = tl.load(w_ptr + rn[:, None] * s_w + rk[None, :], mask=mn[:, None] & mk[None, :], other=0.0)
-            acc = tl.dot(xt, tl.trans(wt), acc)
+            acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PRECISION)
         tl.store(p_ptr + pid_s * M * N + rm[:, None] * N + rn[None, :], acc, mask=mm[:, None] & mn[None, :])
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _precision(w: torch.Tensor) -> str:
+    """float32 operands multiply in full float32 (Triton's default would be TF32, as torch's
+    matmul is not by default); 16-bit ones are exact in either."""
+    return "ieee" if w.dtype == torch.float32 else "tf32"
 
 
 def merge_into(out: torch.Tensor, w: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scale: float,
@@ -80,7 +86,7 @@ def merge_into(out: torch.Tensor, w: torch.Tensor, b: torch.Tensor, a: torch.Ten
     block_r = max(16, 1 << (r - 1).bit_length())
     grid = (_cdiv(n, block_n), _cdiv(k, block_k))
     _merge_kernel[grid](w, b, a, out, n, k, r, float(scale), w.stride(0), b.stride(0), a.stride(0), out.stride(0),
-                        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=block_r)
+                        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=block_r, PRECISION=_precision(w))
     return out
 
 
@@ -98,5 +104,6 @@ def skinny_linear(x: torch.Tensor, w: torch.Tensor, split: int, block_n: int = 6
     parts = torch.empty(split, m, n, device=x.device, dtype=torch.float32)
     block_m = max(16, 1 << (m - 1).bit_length())
     _skinny_kernel[(_cdiv(n, block_n), split)](x, w, parts, m, n, k, x.stride(0), w.stride(0), per,
-                                               BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+                                               BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=_precision(w),
+                                               num_warps=num_warps, num_stages=num_stages)
     return parts.sum(0).to(x.dtype)
