@@ -6,12 +6,14 @@ setup; the shipped moderate config's rollouts, 8 prompts x 5 samples x 100 token
              (split of the KV length, KV block, warps, stages), captured alone per layer, with
              its largest difference from SDPA
   skinny     x @ W^T at the step's 40 rows for each projection: cuBLAS (F.linear) against
-             fast_kernels.skinny_linear over SKINNY_GRID (K split, N and K blocks, stages)
+             skinny_linear below (a split-K Triton kernel) over SKINNY_GRID (K split, N and K
+             blocks); it lost on every shape, so the product keeps cuBLAS
   merge      the merged copy's refresh: torch.addmm(W, B, A) against fast_kernels.merge_into
              per projection shape, and the engine's whole merge both ways, with the largest
              difference between the two copies
-  prefill    the engine's prefill of the rollouts' distinct prompt rows: wall time and GPU
-             kernel time under the profiler (what share is launch cost)
+  prefill    the engine's prefill of the rollouts' distinct prompt rows with eager layers (wall
+             time, and GPU kernel time under the profiler: what share is launch cost), then
+             with compiled layers (what the engine runs on a GPU)
   scoring    score_rollouts under cProfile: where its ~45 ms go
 
     PYTHONPATH=src python3 benchmarks/decode_kernels.py          # on the GPU
@@ -50,9 +52,55 @@ from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.rollout import generate_rollouts  # noqa: E402
 
 FLEX_GRID = [{}] + [
-    dict(SPLIT_KV=s, BLOCK_N=n, num_warps=w, num_stages=1) for s, n, w in itertools.product((1, 2, 3, 4), (32, 64), (2, 4))
-]
+    dict(SPLIT_KV=s, BLOCK_N=n, num_warps=w, num_stages=1) for s, n, w in itertools.product((1, 2, 4), (32, 64, 128), (4, 8))
+] + [dict(SPLIT_KV=1, BLOCK_N=64, num_warps=4, num_stages=2), dict(SPLIT_KV=1, BLOCK_N=64, num_warps=2, num_stages=1),
+     dict(SPLIT_KV=1, BLOCK_N=32, num_warps=2, num_stages=1)]
 SKINNY_GRID = [dict(split=s, block_n=n, block_k=k) for s, n, k in itertools.product((1, 2, 4, 8), (32, 64, 128), (128, 256))]
+
+
+def _skinny_kernel_fn():
+    """The split-K kernel for x (M <= 64, K) @ W^T, built on first use (Triton is in CUDA builds only)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(x_ptr, w_ptr, p_ptr, M, N, K, s_x, s_w, k_per_split,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid_n, pid_s = tl.program_id(0), tl.program_id(1)
+        rm = tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mm, mn = rm < M, rn < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        k0 = pid_s * k_per_split
+        for kk in range(0, k_per_split, BLOCK_K):
+            rk = k0 + kk + tl.arange(0, BLOCK_K)
+            mk = rk < K
+            xt = tl.load(x_ptr + rm[:, None] * s_x + rk[None, :], mask=mm[:, None] & mk[None, :], other=0.0)
+            wt = tl.load(w_ptr + rn[:, None] * s_w + rk[None, :], mask=mn[:, None] & mk[None, :], other=0.0)
+            acc = tl.dot(xt, tl.trans(wt), acc)
+        tl.store(p_ptr + pid_s * M * N + rm[:, None] * N + rn[None, :], acc, mask=mm[:, None] & mn[None, :])
+
+    return kernel
+
+
+_SKINNY: list = []
+
+
+def skinny_linear(x: torch.Tensor, w: torch.Tensor, split: int, block_n: int = 64, block_k: int = 128,
+                  num_warps: int = 4, num_stages: int = 4) -> torch.Tensor:
+    """x (M, K) @ w (N, K)^T -> (M, N) in x's dtype (bfloat16), M <= 64: `split` partial sums along
+    K in float32, added in order (deterministic, unlike atomics)."""
+    if not _SKINNY:
+        _SKINNY.append(_skinny_kernel_fn())
+    m, k = x.shape
+    n = w.shape[0]
+    per = -(-(-(-k // split)) // block_k) * block_k
+    parts = torch.empty(split, m, n, device=x.device, dtype=torch.float32)
+    block_m = max(16, 1 << (m - 1).bit_length())
+    _SKINNY[0][(-(-n // block_n), split)](x, w, parts, m, n, k, x.stride(0), w.stride(0), per,
+                                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                                          num_warps=num_warps, num_stages=num_stages)
+    return parts.sum(0).to(x.dtype)
 
 
 def flex_table(eng, b, width: int) -> list[dict]:
@@ -63,6 +111,7 @@ def flex_table(eng, b, width: int) -> list[dict]:
     mask = (b.valid & (b.arange <= width)).view(b.rows, 1, 1, b.length)
     ref = fast_layers.attend_sdpa(q, kc, vc, mask, s.scaling).float()
     out = []
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(FLEX_GRID))  # one per option
     for opts in FLEX_GRID:
         def fn(q, kc, vc, mask, _o=opts):
             return fast_layers.attend_flex(q, kc, vc, mask, s.scaling, kernel_options=_o)
@@ -94,8 +143,8 @@ def skinny_table(eng, rows: int) -> list[dict]:
             if not 64 <= programs <= 2048 or w.shape[1] // cfg["split"] < cfg["block_k"]:
                 continue
             try:
-                got = fast_kernels.skinny_linear(x, w, **cfg)
-                t = dp.captured_seconds(lambda: fast_kernels.skinny_linear(x, w, **cfg))
+                got = skinny_linear(x, w, **cfg)
+                t = dp.captured_seconds(lambda: skinny_linear(x, w, **cfg))
             except Exception as e:  # an unsupported config (shared memory): recorded, the others run
                 tried.append({**cfg, "error": f"{type(e).__name__}: {e}"[:300]})
                 continue
@@ -170,21 +219,26 @@ def prefill_table(eng, b, tok, cfg, ids) -> dict:
 
     def go():
         eng.prefill(b, u_ids, u_att, where)
-    go()
-    wall, _ = sb.timed(go)
-    prof = pp.profile(go, True)
+
+    shipped = eng.prefill_layer
+    eng.prefill_layer = fast_layers.prefill_layer_fn(eng.shape, eng.act, compile=False)
+    try:
+        go()
+        wall, _ = sb.timed(go)
+        prof = pp.profile(go, True)
+    finally:
+        eng.prefill_layer = shipped
     out = {"distinct_rows": len(uniq), "width": width, "wall_s": wall, "profile_wall_s": prof["wall_s"],
            "gpu_busy_s": prof["gpu_busy_s"], "launches": prof["kernel_launches"], "top": prof["top"][:10]}
-    print(f"  prefill {len(uniq)} x {width}: {wall * 1e3:.1f} ms wall, {prof['gpu_busy_s'] * 1e3:.1f} ms of kernels, "
+    print(f"  prefill {len(uniq)} x {width}, eager layers: {wall * 1e3:.1f} ms wall, {prof['gpu_busy_s'] * 1e3:.1f} ms of kernels, "
           f"{prof['kernel_launches']} launches", flush=True)
-    eager = fastgen.prefill_layer
-    fastgen.prefill_layer = torch.compile(eager, dynamic=False)
+    eng.prefill_layer = fast_layers.prefill_layer_fn(eng.shape, eng.act, compile=True)
     try:
         out["compile_s"] = sb.timed(go)[0]
         out["compiled_wall_s"] = sb.timed(go)[0]
     finally:
-        fastgen.prefill_layer = eager
-    print(f"  prefill, layers compiled: {out['compiled_wall_s'] * 1e3:.1f} ms (compile {out['compile_s']:.1f} s)", flush=True)
+        eng.prefill_layer = shipped
+    print(f"  prefill, layers compiled: {out['compiled_wall_s'] * 1e3:.1f} ms (first call {out['compile_s']:.1f} s)", flush=True)
     return out
 
 

@@ -21,7 +21,8 @@ This module closes the gap:
    which draws exactly from p without torch.multinomial's host synchronisation (gpt-fast does
    the same). Greedy is argmax, as in generate().
 
-The prefill runs eagerly: it is one pass over the prompts and a small share of the time.
+The prefill is one pass over the distinct prompts, its layers compiled as the decode step's are
+(one static graph per shape bucket; the distinct rows are rounded up to a multiple of 8 too).
 Attention matches generate(): left padding, positions counted over real tokens only, padded keys
 masked. The decode step attends through flex_attention's decoding kernel (DECODE_ATTENTION; SDPA
 the alternative, with the query heads sharing one KV head handed to it as that head's query rows),
@@ -49,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from polychromic.generation import fast_support
-from polychromic.generation.fast_layers import Sampler, Shape, choose, decode_layer_fn, prefill_layer, rms
+from polychromic.generation.fast_layers import Sampler, Shape, choose, decode_layer_fn, prefill_layer_fn, rms
 from polychromic.generation.fast_support import STATIC_ROPE_TYPES, SUPPORTED_MODEL_TYPES  # noqa: F401 (public here)
 from polychromic.generation.fast_weights import Slot, base_model, fingerprint, watched_modules
 from polychromic.generation.params import Completion, SamplingParams, eos_ids, strip_completion
@@ -192,6 +193,7 @@ class _Engine:
             )
         self.graphs = graphs and self.device.type == "cuda"
         self.decode_layer = decode_layer_fn(self.shape, self.act, compile, DECODE_ATTENTION)
+        self.prefill_layer = prefill_layer_fn(self.shape, self.act, compile)
         self.compiled = compile
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.buckets: OrderedDict = OrderedDict()
@@ -246,7 +248,7 @@ class _Engine:
         # and NaN in the cache poisons later steps through 0 * NaN). Its output is never used.
         mask = (mask | torch.eye(t, dtype=torch.bool, device=self.device)[None]).unsqueeze(1)
         for lw, (kc, vc) in zip(self.layer_args, b.layer_kv):
-            h = prefill_layer(h, self.shape, self.act, lw, cos, sin, kc, vc, mask)
+            h = self.prefill_layer(h, *lw, cos, sin, kc, vc, mask)
         h = rms(h[:, -1:], self.final_norm, self.shape.eps)
         return F.linear(h[:, -1], self.lm_head_w, self.lm_head_b).float()
 
@@ -319,6 +321,10 @@ class _Engine:
         # The n samples of a prompt share its prefill: each distinct row is run once (a tenth of
         # the prefill for evaluation's 10 samples per prompt), then copied to the rows holding it.
         uniq, where = torch.unique(torch.cat([ids, attn], dim=1), dim=0, return_inverse=True)
+        # Distinct rows rounded up to the row bucket (repeats of the first, never read back), so
+        # a compiled prefill meets as few shapes as the decode step.
+        spare = min(rows, _round_up(len(uniq), ROW_BUCKET)) - len(uniq)
+        uniq = torch.cat([uniq, uniq[:1].expand(spare, -1)]) if spare > 0 else uniq
         ids, attn = ids.to(self.device), attn.to(self.device)
         timer = _Timer(self.device)
         timer.mark()

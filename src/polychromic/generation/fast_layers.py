@@ -70,15 +70,19 @@ def attend_sdpa(q, kc, vc, mask, scale: float):
     return F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=scale)
 
 
-FLEX_KERNEL_OPTIONS: dict = {}
-"""kernel_options handed to flex_attention by the decode step (torch's defaults when empty)."""
+FLEX_KERNEL_OPTIONS: dict = {"SPLIT_KV": 1, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+"""kernel_options handed to flex_attention by the decode step ({} for torch's defaults). One
+program per (row, KV head) over the whole cache in blocks of 64 slots: 15.5 us per layer against
+18.5 us with torch's defaults (which split the cache and reduce the parts) at 40 rows x 192 slots
+on the Qwen3-8B shape (benchmarks/decode_kernels.py, the flex section)."""
 
 
 def attend_flex(q, kc, vc, mask, scale: float, kernel_options: dict | None = None):
     """The same attention through torch's flex_attention: compiled, its decoding kernel packs the
-    query heads of one KV head into one program and reads that head's cache once (18.9 us per layer against SDPA's 28 to 32 us at
-    40 rows x 192 slots on the Qwen3-8B shape, benchmarks/decode_profile.py); uncompiled (a CPU
-    test) it is torch's unfused reference."""
+    query heads of one KV head into one program and reads that head's cache once (15.5 us per
+    layer with FLEX_KERNEL_OPTIONS, 18.9 with torch's defaults, SDPA's 28 to 32 us, at 40 rows x
+    192 slots on the Qwen3-8B shape: benchmarks/decode_profile.py, decode_kernels.py); uncompiled
+    (a CPU test) it is torch's unfused reference."""
     from torch.nn.attention.flex_attention import flex_attention
 
     b, nkv, g, d = q.shape
@@ -130,17 +134,34 @@ def decode_layer_fn(shape: Shape, act, compile: bool, attention: str):
     return _LAYER_FNS[key]
 
 
-def prefill_layer(h, shape: Shape, act, lw, cos, sin, kc, vc, mask):
-    ln1, wqkv, bqkv, qn, kn, wo, bo, ln2, wgu, bgu, wd, bd = lw
-    b, t, _ = h.shape
-    q, k, v = qkv(h, shape, ln1, wqkv, bqkv, qn, kn, cos, sin)
-    kc[:, :, :t].copy_(k)
-    vc[:, :, :t].copy_(v)
-    group = shape.n_heads // shape.n_kv
-    k = k[:, :, None].expand(b, shape.n_kv, group, t, shape.head_dim).reshape(b, shape.n_heads, t, shape.head_dim)
-    v = v[:, :, None].expand(b, shape.n_kv, group, t, shape.head_dim).reshape(b, shape.n_heads, t, shape.head_dim)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=shape.scaling)
-    return out_and_mlp(h, o.transpose(1, 2).reshape(b, t, -1), shape, act, wo, bo, ln2, wgu, bgu, wd, bd)
+def make_prefill_layer(shape: Shape, act):
+    """One decoder layer over whole prompts (left-padded, width t); writes their K/V to the cache's first t slots."""
+
+    def prefill_layer(h, ln1, wqkv, bqkv, qn, kn, wo, bo, ln2, wgu, bgu, wd, bd, cos, sin, kc, vc, mask):
+        b, t, _ = h.shape
+        q, k, v = qkv(h, shape, ln1, wqkv, bqkv, qn, kn, cos, sin)
+        kc[:, :, :t].copy_(k)
+        vc[:, :, :t].copy_(v)
+        group = shape.n_heads // shape.n_kv
+        k = k[:, :, None].expand(b, shape.n_kv, group, t, shape.head_dim).reshape(b, shape.n_heads, t, shape.head_dim)
+        v = v[:, :, None].expand(b, shape.n_kv, group, t, shape.head_dim).reshape(b, shape.n_heads, t, shape.head_dim)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=shape.scaling)
+        return out_and_mlp(h, o.transpose(1, 2).reshape(b, t, -1), shape, act, wo, bo, ln2, wgu, bgu, wd, bd)
+
+    return prefill_layer
+
+
+def prefill_layer_fn(shape: Shape, act, compile: bool):
+    """The prefill layer, shared like decode_layer_fn's. Compiled, it is one static graph per
+    (distinct rows, width) shape: inductor fuses the ~60 small kernels a layer launches eagerly
+    (norms, RoPE, casts, the mask's expansion), which is most of the prefill's wall time on a
+    large model (54 ms eager against 19 ms compiled for 8 prompts of 64 tokens on the Qwen3-8B
+    shape, benchmarks/decode_kernels.py)."""
+    key = ("prefill", shape, type(act), compile)
+    if key not in _LAYER_FNS:
+        fn = make_prefill_layer(shape, act)
+        _LAYER_FNS[key] = torch.compile(fn, fullgraph=True, dynamic=False) if compile else fn
+    return _LAYER_FNS[key]
 
 
 @dataclass(frozen=True)
