@@ -70,17 +70,18 @@ def attend_sdpa(q, kc, vc, mask, scale: float):
     return F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, scale=scale)
 
 
-FLEX_KERNEL_OPTIONS: dict = {"SPLIT_KV": 1, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+FLEX_KERNEL_OPTIONS: dict = {"SPLIT_KV": 1, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 """kernel_options handed to flex_attention by the decode step ({} for torch's defaults). One
-program per (row, KV head) over the whole cache in blocks of 64 slots: 15.5 us per layer against
-18.5 us with torch's defaults (which split the cache and reduce the parts) at 40 rows x 192 slots
-on the Qwen3-8B shape (benchmarks/decode_kernels.py, the flex section)."""
+program per (row, KV head) over the whole cache in blocks of 64 slots, two loads in flight: 15.1
+us per layer against 19.5 us with torch's defaults (which split the cache and reduce the parts)
+at 40 rows x 192 slots on the Qwen3-8B shape, the best of 22 options (benchmarks/decode_kernels.py,
+its flex section; docs/performance.md)."""
 
 
 def attend_flex(q, kc, vc, mask, scale: float, kernel_options: dict | None = None):
     """The same attention through torch's flex_attention: compiled, its decoding kernel packs the
-    query heads of one KV head into one program and reads that head's cache once (15.5 us per
-    layer with FLEX_KERNEL_OPTIONS, 18.9 with torch's defaults, SDPA's 28 to 32 us, at 40 rows x
+    query heads of one KV head into one program and reads that head's cache once (15.1 us per
+    layer with FLEX_KERNEL_OPTIONS, 19 with torch's defaults, SDPA's 28 to 32 us, at 40 rows x
     192 slots on the Qwen3-8B shape: benchmarks/decode_profile.py, decode_kernels.py); uncompiled
     (a CPU test) it is torch's unfused reference."""
     from torch.nn.attention.flex_attention import flex_attention
