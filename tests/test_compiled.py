@@ -1,6 +1,7 @@
 """Regional compilation of the training passes (training/compiled.py, trainer.compile): in float32
 the compiled layers give the eager loss and LoRA gradients to rounding, also after a shape
-change (the dynamic recompile); no_grad calls never enter the compiled graph; uncompile restores
+change (the graphs have dynamic shapes); SFT's call and the recompute's share their graphs, and more graphs
+than dynamo's recompile limit still compile; no_grad calls never enter the compiled graph; uncompile restores
 the eager call; a model without decoder-layer classes fails with a message naming the setting;
 and a polychromic run with trainer.compile trains with its layers compiled, SDPA's cuDNN
 backend off inside it (trainer.cudnn_attention) and restored after."""
@@ -27,17 +28,33 @@ def test_compiled_layers_match_eager_and_leave_no_grad_calls_eager():
     comp = copy.deepcopy(eager)
     assert compile_layers(comp) == 2 and compiled(comp) == 2 and compiled(eager) == 0
     assert [type(m).__name__ for m in decoder_layers(comp)] == ["Qwen3DecoderLayer"] * 2
-    g = torch.Generator().manual_seed(3)
-    for shape in ((3, 13), (2, 21)):  # the second shape recompiles with dynamic dimensions
-        ids = torch.randint(0, 96, shape, generator=g)
-        z_e, g_e = run(eager, ids)
-        z_c, g_c = run(comp, ids)
-        assert rel(z_c, z_e) < 1e-5
-        assert g_e.keys() == g_c.keys() and len(g_e) == 28
-        for name in g_e:
-            assert rel(g_c[name], g_e[name]) < 1e-4, name
-
     from torch._dynamo.utils import counters
+
+    def recompute(ids):  # the policy-gradient pass's call: into the base model, pack's (1, L) position ids
+        pos = torch.arange(ids.shape[1])[None]
+        hidden = comp.get_base_model().model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos,
+                                             use_cache=False).last_hidden_state
+        hidden.sum().backward()
+
+    g = torch.Generator().manual_seed(3)
+    graphs = counters["stats"]["unique_graphs"]
+    # Dynamo's default limit is 8 graphs per function, then it runs eager; a limit of 1 here shows
+    # that compiled layers raise it (compiled.RECOMPILE_LIMIT) rather than fall back.
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for shape, new_graphs in (((3, 13), 2), ((2, 21), 0), ((4, 9), 0)):  # dynamic shapes from the first
+            ids = torch.randint(0, 96, shape, generator=g)
+            z_e, g_e = run(eager, ids)
+            z_c, g_c = run(comp, ids)
+            assert rel(z_c, z_e) < 1e-5
+            assert g_e.keys() == g_c.keys() and len(g_e) == 28
+            for name in g_e:
+                assert rel(g_c[name], g_e[name]) < 1e-4, name
+            # layer 0 (input without grad) and layer 1: two graphs for every shape, shared by the
+            # SFT call through peft's wrapper (output_attentions=None, ...) and the recompute's
+            assert counters["stats"]["unique_graphs"] - graphs == new_graphs, shape
+            graphs += new_graphs
+            recompute(ids)
+            assert counters["stats"]["unique_graphs"] == graphs, shape
 
     frames = dict(counters["frames"])
     with torch.no_grad():  # a new shape under no_grad: eager, no trace, no recompile

@@ -7,8 +7,9 @@ fuses those into a handful of kernels per layer and keeps fewer activations for 
 the matmuls stay cuBLAS's. The layers of a model are instances of one class with the same
 code, so they share one compiled graph (torch.compile on a module with inlined built-in
 modules lifts the parameters to graph inputs): the compile cost is that of one layer, forward
-and backward, paid on the first pass, plus one dynamic-shape recompile the first time a pass
-has another width or row count.
+and backward, paid on the first pass. The graphs are compiled with dynamic shapes from the
+start: a run's passes change width and row count from step to step, so a static first graph
+would serve one shape and then be compiled again.
 
 Only grad-enabled calls take the compiled graph. Calls under no_grad (the sampler's fallback
 path, the KL reference under `disable_adapter()`, evaluation) run the layer's own eager forward,
@@ -20,11 +21,27 @@ The maths is the layer's own: in float32 the result equals eager up to float sum
 between the matmuls where eager rounds each op's output to bfloat16, so the two differ by
 bfloat16 rounding (docs/performance.md measures how much on the Qwen3-8B shape, beside the
 difference two equivalent eager schedules make).
+
+How many graphs a run compiles. torch.compile guards on the call, so each kind of call is its
+own graph: the first layer's input needs no grad where the others' does, and SFT runs in train
+mode (LoRA dropout on) where the policy-gradient recompute runs in eval mode (the policy the
+samples came from): 4 graphs. Two differences that are not real are removed: a call through the
+peft wrapper (SFT) passes `output_attentions=None, output_hidden_states=None` where the
+recompute's call into the base model passes neither, so keyword arguments that are None are
+dropped before the compiled call (a decoder layer reads them as absent: each defaults to None
+or is read with `kwargs.get`); and the recompute's position ids come as one broadcast row,
+the shape SFT's are built in (training/rollout.py, pack). Dynamo's recompile limit (8 per
+function by default, after which the function silently runs eager; a run with static first
+graphs and those two differences met 9) is raised to RECOMPILE_LIMIT while a compiled layer
+runs, so a run meeting more kinds of call (a single-row pass specialises a size-1 dimension)
+compiles them instead of falling back.
 """
 
 from __future__ import annotations
 
 import torch
+
+RECOMPILE_LIMIT = 64
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -40,9 +57,10 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-def compile_layers(model: torch.nn.Module, dynamic: bool | None = None) -> int:
+def compile_layers(model: torch.nn.Module, dynamic: bool | None = True) -> int:
     """Route every decoder layer's grad-enabled calls through torch.compile (module docstring).
-    `dynamic` is torch.compile's (None: a static graph first, dynamic after a shape changes).
+    `dynamic` is torch.compile's (True: symbolic widths and row counts from the first graph;
+    None: a static graph first, dynamic after a shape changes).
     Returns how many layers were compiled."""
     layers = decoder_layers(model)
     for layer in layers:
@@ -50,7 +68,10 @@ def compile_layers(model: torch.nn.Module, dynamic: bool | None = None) -> int:
         graph = torch.compile(eager, dynamic=dynamic)
 
         def call(*args, _graph=graph, _eager=eager, **kwargs):
-            return _graph(*args, **kwargs) if torch.is_grad_enabled() else _eager(*args, **kwargs)
+            if not torch.is_grad_enabled():
+                return _eager(*args, **kwargs)
+            with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
+                return _graph(*args, **{k: v for k, v in kwargs.items() if v is not None})
 
         call.polychromic_compiled = True
         layer._compiled_call_impl = call

@@ -118,7 +118,12 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
     poisons the whole step (docs/performance.md, "SDPA and left padding"). Right-padding queries
     always see their row's real tokens.
 
-    Returns input_ids/attention_mask/position_ids (B, L); completion_ids, completion_mask and
+    Position ids are therefore 0 .. L - 1 in every row and come as one (1, L) row that broadcasts,
+    the shape a model builds itself when it is given none (as in SFT): the decoder layers then
+    see the same kinds of argument in both passes and share their compiled graphs
+    (training/compiled.py).
+
+    Returns input_ids/attention_mask (B, L), position_ids (1, L); completion_ids, completion_mask and
     logit_index (B, C), C = the longest completion: logit_index[i, t] = len(p_i) - 1 + t, the
     position whose logits predict completion token t (0 where the mask is 0). A completion may
     be empty (mask all zero).
@@ -143,7 +148,7 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
             comp[i, : len(y)] = torch.tensor(y, dtype=torch.long)
             cmask[i, : len(y)] = 1.0
             index[i, : len(y)] = torch.arange(len(p) - 1, len(p) - 1 + len(y))
-    pos = torch.arange(width, dtype=torch.long).expand(b, width).contiguous()
+    pos = torch.arange(width, dtype=torch.long)[None]
     return {
         "input_ids": ids.to(device),
         "attention_mask": mask.to(device),
