@@ -21,6 +21,14 @@ runs peft's own forward, so the layer behaves as before. The parameters, the sta
 saved adapter are peft's: `uninstall` restores the class, and an adapter trained either way loads
 in plain peft.
 
+Under torch.compile (training/compiled.py) the low-rank branch is added out of place, y = x W^T
++ (h (s B)^T), and the same in the backward (g W + gh A): inductor turns an in-place addmm_ into
+an out-of-place addmm, whose cuBLAS call first copies the whole (T, out) base output into a new
+buffer, while a plain add is fused into the next kernel (the norm, SiLU x up or residual add that
+reads the projection's output anyway). Eager keeps the in-place addmm_, its cheapest form.
+`INPLACE_UNDER_COMPILE = True` restores the in-place form under compile (benchmarks/pg_profile.py
+measures the two side by side).
+
 Precision: in float32 the result equals peft's up to float summation order. In bfloat16 the
 low-rank branch is a bfloat16 matmul (float32 accumulation) instead of a float32 one, so h =
 dropout(x) A^T and the branch output are rounded to bfloat16 before the add: an error of about
@@ -36,9 +44,16 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
+INPLACE_UNDER_COMPILE = False
+"""Whether a compiled graph adds the low-rank branch in place (module docstring)."""
+
 FAST_DTYPES = (torch.float32, torch.bfloat16)
 """Compute dtypes the fast path serves (float16 keeps peft's float32 adapter path: a float16
 gradient of A or B summed over many tokens can overflow or underflow)."""
+
+
+def _out_of_place() -> bool:
+    return torch.compiler.is_compiling() and not INPLACE_UNDER_COMPILE
 
 
 class _LoraLinearFunction(torch.autograd.Function):
@@ -52,7 +67,10 @@ class _LoraLinearFunction(torch.autograd.Function):
         d2 = x2 if d is None else d.reshape(-1, d.shape[-1])
         h = torch.mm(d2, a.t())  # (T, r)
         y = F.linear(x2, weight, bias)
-        y.addmm_(h, b.t(), alpha=scale)
+        if _out_of_place():
+            y = y + torch.mm(h, b.t() if scale == 1.0 else b.t() * scale)
+        else:
+            y.addmm_(h, b.t(), alpha=scale)
         ctx.save_for_backward(x if d is None else d, weight, a, b, h)
         ctx.scale, ctx.no_dropout = scale, d is None
         ctx.dtypes = (lora_a.dtype, lora_b.dtype)
@@ -75,7 +93,7 @@ class _LoraLinearFunction(torch.autograd.Function):
             if need_x:
                 grad_x = torch.mm(g, weight)
                 if ctx.no_dropout:
-                    grad_x.addmm_(gh, a)
+                    grad_x = grad_x + torch.mm(gh, a) if _out_of_place() else grad_x.addmm_(gh, a)
                 grad_x = grad_x.view(*grad_y.shape[:-1], weight.shape[1])
             if need_d:
                 grad_d = torch.mm(gh, a).view(*grad_y.shape[:-1], weight.shape[1])
