@@ -20,8 +20,16 @@ In one process:
              with the 40 sequences recomputed in two passes of 20 (other matmul shapes, other
              rounding) against one pass, and the time of that two-pass schedule, eager and
              compiled (the fixed cost of a pass)
+  ab         (--ab) the compiled passes twice more, with the LoRA branch added out of place (the
+             default under compile) and in place (fast_lora.INPLACE_UNDER_COMPILE = True), the
+             graphs rebuilt between the two: the same measurements, side by side
+
+Each profile also lists where the GPU sat idle inside the pass: the total of the gaps between
+consecutive kernels, and the largest gaps with the kernels on either side (a gap is host time:
+a synchronisation, Python, a launch the CPU has not issued yet).
 
     PYTHONPATH=src python3 benchmarks/pg_profile.py                     # on the GPU
+    PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab       # in place against out of place
     PYTHONPATH=src python benchmarks/pg_profile.py --shape tiny --repeats 1 --no-compile   # CPU smoke
 
 Writes pg_profile.json to --out (default $OUT) and prints a summary.
@@ -46,6 +54,7 @@ import step_bench as sb  # noqa: E402
 from polychromic.data import render_prompt  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
 from polychromic.training.compiled import compile_layers, uncompile  # noqa: E402
+from polychromic.training import fast_lora  # noqa: E402
 from polychromic.training.allocator import configure_allocator  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.objectives.sft import ce_loss, count_targets  # noqa: E402
@@ -65,6 +74,27 @@ def kind(name: str) -> str:
         if re.search(pat, low):
             return k
     return "other"
+
+
+def idle_gaps(kernels: list[tuple[float, float, str]], top: int = 10) -> dict:
+    """Gaps between consecutive kernels given as (start_us, end_us, name): their total in seconds
+    and the `top` largest with the kernels before and after (overlapping kernels leave no gap)."""
+    kernels = sorted(kernels)
+    gaps, end, before = [], None, None
+    for start, stop, name in kernels:
+        if end is not None and start > end:
+            gaps.append((start - end, before, name))
+        if end is None or stop > end:
+            end, before = stop, name
+    gaps.sort(key=lambda g: -g[0])
+    return {"span_s": (end - kernels[0][0]) / 1e6 if kernels else 0.0, "idle_s": sum(g[0] for g in gaps) / 1e6,
+            "gaps": len(gaps), "largest": [{"ms": g[0] / 1e3, "after": g[1][:100], "before": g[2][:100]} for g in gaps[:top]]}
+
+
+def device_kernels(prof) -> list[tuple[float, float, str]]:
+    """(start_us, end_us, name) of every GPU kernel, memcpy and memset the profiler recorded."""
+    return [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+            if str(getattr(e, "device_type", "")).endswith("CUDA") and e.time_range.end > e.time_range.start]
 
 
 def profile(fn, cuda: bool) -> dict:
@@ -91,6 +121,7 @@ def profile(fn, cuda: bool) -> dict:
     busy = sum(s for _, s, _ in kernels)
     kernels.sort(key=lambda k: -k[1])
     return {"wall_s": wall, "gpu_busy_s": busy, "busy_share": busy / wall if wall else None, "by_kind_s": by_kind,
+            "idle": idle_gaps(device_kernels(prof)) if cuda else None,
             "kernel_launches": sum(c for _, _, c in kernels),
             "top": [{"kernel": n[:160], "seconds": s, "calls": c, "kind": kind(n)} for n, s, c in kernels[:25]]}
 
@@ -105,6 +136,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--skip-eager", action="store_true", help="measure the compiled passes only (the compiled "
+                    "gradient is then compared with nothing)")
+    ap.add_argument("--ab", action="store_true", help="the compiled passes with the LoRA branch added out of "
+                    "place and in place, side by side")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
     alloc = configure_allocator(True, "auto")
@@ -181,30 +216,66 @@ def main(argv=None) -> int:
                       f"{p['kernel_launches']} kernels; {kinds}", flush=True)
                 for k in p["top"][:12]:
                     print(f"    {k['seconds'] * 1e3:8.1f} ms {k['calls']:6d}x {k['kind']:18s} {k['kernel'][:100]}", flush=True)
+                if p["idle"]:
+                    idle = p["idle"]
+                    print(f"    idle between kernels {idle['idle_s'] * 1e3:.1f} ms in {idle['gaps']} gaps over a "
+                          f"{idle['span_s'] * 1e3:.1f} ms span; largest:", flush=True)
+                    for g in idle["largest"][:6]:
+                        print(f"      {g['ms']:7.2f} ms after {g['after'][:60]} | before {g['before'][:60]}", flush=True)
         return out
 
-    eager = measure("eager")
-    g_eager = eager.pop("_grad")
-    eager["pg_two_passes_s"], g_two = two_pass()
-    eager["pg_grad_rel_l2_two_passes_vs_one"] = float((g_two - g_eager).norm() / g_eager.norm())
-    res["eager"] = eager
-    print(f"eager, two passes of 20: {eager['pg_two_passes_s']:.3f} s; gradient rel L2 against one pass "
-          f"{eager['pg_grad_rel_l2_two_passes_vs_one']:.2e}", flush=True)
-    if not args.no_compile:
+    g_eager = None
+    if not args.skip_eager:
+        eager = measure("eager")
+        g_eager = eager.pop("_grad")
+        eager["pg_two_passes_s"], g_two = two_pass()
+        eager["pg_grad_rel_l2_two_passes_vs_one"] = float((g_two - g_eager).norm() / g_eager.norm())
+        res["eager"] = eager
+        print(f"eager, two passes of 20: {eager['pg_two_passes_s']:.3f} s; gradient rel L2 against one pass "
+              f"{eager['pg_grad_rel_l2_two_passes_vs_one']:.2e}", flush=True)
+
+    def compiled(label: str, two_passes: bool = False) -> tuple[dict, torch.Tensor]:
+        """The measurements with every decoder layer compiled; the graphs are dropped after."""
         t0 = time.perf_counter()
         res["compiled_layers"] = compile_layers(model)
-        comp = measure("compiled layers")
+        comp = measure(label)
         g_comp = comp.pop("_grad")
         comp["wall_incl_compile_s"] = time.perf_counter() - t0
-        comp["pg_grad_rel_l2_vs_eager"] = float((g_comp - g_eager).norm() / g_eager.norm())
-        comp["sft_loss_minus_eager"] = comp["sft_loss"] - eager["sft_loss"]
-        comp["pg_two_passes_s"], g_comp_two = two_pass()
-        comp["pg_grad_rel_l2_two_passes_vs_eager_one"] = float((g_comp_two - g_eager).norm() / g_eager.norm())
-        res["compiled"] = comp
-        print(f"compiled vs eager: pg gradient rel L2 {comp['pg_grad_rel_l2_vs_eager']:.2e} (two eager schedules: "
-              f"{eager['pg_grad_rel_l2_two_passes_vs_one']:.2e}), sft loss diff {comp['sft_loss_minus_eager']:.2e}; "
-              f"compiled, two passes of 20: {comp['pg_two_passes_s']:.3f} s", flush=True)
+        if g_eager is not None:
+            comp["pg_grad_rel_l2_vs_eager"] = float((g_comp - g_eager).norm() / g_eager.norm())
+            comp["sft_loss_minus_eager"] = comp["sft_loss"] - res["eager"]["sft_loss"]
+        if two_passes:
+            comp["pg_two_passes_s"], g_two = two_pass()
+            print(f"{label}, two passes of 20: {comp['pg_two_passes_s']:.3f} s", flush=True)
+            if g_eager is not None:
+                comp["pg_grad_rel_l2_two_passes_vs_eager_one"] = float((g_two - g_eager).norm() / g_eager.norm())
         uncompile(model)
+        torch._dynamo.reset()
+        return comp, g_comp
+
+    if not args.no_compile and not args.ab:
+        comp, _ = compiled("compiled layers", two_passes=True)
+        if g_eager is not None:
+            print(f"compiled vs eager: pg gradient rel L2 {comp['pg_grad_rel_l2_vs_eager']:.2e} (two eager schedules: "
+                  f"{res['eager']['pg_grad_rel_l2_two_passes_vs_one']:.2e}), sft loss diff {comp['sft_loss_minus_eager']:.2e}",
+                  flush=True)
+        res["compiled"] = comp
+    if args.ab:
+        ab: dict = {}
+        grads = {}
+        for inplace in (False, True):
+            fast_lora.INPLACE_UNDER_COMPILE = inplace
+            name = "in_place" if inplace else "out_of_place"
+            ab[name], grads[name] = compiled(f"compiled, LoRA branch {name.replace('_', ' ')}")
+        fast_lora.INPLACE_UNDER_COMPILE = False
+        ab["pg_grad_rel_l2_in_vs_out_of_place"] = float((grads["in_place"] - grads["out_of_place"]).norm()
+                                                        / grads["out_of_place"].norm())
+        ab["pg_out_of_place_over_in_place"] = ab["out_of_place"]["pg_s"] / ab["in_place"]["pg_s"]
+        ab["sft_out_of_place_over_in_place"] = ab["out_of_place"]["sft_s"] / ab["in_place"]["sft_s"]
+        res["ab"] = ab
+        print(f"out of place / in place: pg {ab['pg_out_of_place_over_in_place']:.3f}, sft "
+              f"{ab['sft_out_of_place_over_in_place']:.3f}; pg gradient rel L2 between them "
+              f"{ab['pg_grad_rel_l2_in_vs_out_of_place']:.2e}", flush=True)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         print(f"wrote {atomic_write_json(Path(args.out) / 'pg_profile.json', res)}")

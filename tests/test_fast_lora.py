@@ -115,6 +115,50 @@ def test_function_gradcheck(with_dropout):
     torch.testing.assert_close(f(x, a, b), expected)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1.5])
+def test_compiled_branch_is_added_out_of_place_and_matches_eager(monkeypatch, scale):
+    """Under torch.compile the low-rank branch is a plain add (fused by inductor), in place
+    only when INPLACE_UNDER_COMPILE is set; either way output and gradients equal eager's."""
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 5, generator=g, requires_grad=True)
+    w = torch.randn(4, 5, generator=g)  # no bias: F.linear with one is itself an addmm
+    a = torch.randn(2, 5, generator=g, requires_grad=True)
+    b = torch.randn(4, 2, generator=g, requires_grad=True)
+
+    def f(x, a, b):
+        return fast_lora.lora_linear(x, None, w, None, a, b, scale)
+
+    def grads(fn):
+        for t in (x, a, b):
+            t.grad = None
+        y = fn(x, a, b)
+        (y * torch.arange(4.0)).sum().backward()
+        return [y.detach()] + [t.grad.clone() for t in (x, a, b)]
+
+    want = grads(f)
+    for inplace in (False, True):
+        ops: list[set[str]] = []
+
+        def backend(gm, example):
+            def record(graph, _):
+                ops.append({str(n.target) for n in graph.graph.nodes if n.op == "call_function"})
+                return graph.forward
+
+            return aot_module_simplified(gm, example, fw_compiler=record, bw_compiler=record)
+
+        monkeypatch.setattr(fast_lora, "INPLACE_UNDER_COMPILE", inplace)
+        torch._dynamo.reset()
+        got = grads(torch.compile(f, backend=backend, fullgraph=True))
+        for have, expected in zip(got, want):
+            torch.testing.assert_close(have, expected)
+        forward, backward = ops
+        assert ("aten.addmm.default" in forward) is inplace
+        assert ("aten.addmm.default" in backward) is inplace
+    torch._dynamo.reset()
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     fast = tiny("qwen3", dropout=0.1)
     fast_lora.install(fast)
