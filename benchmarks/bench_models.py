@@ -17,6 +17,8 @@ from its config with random bf16 weights: nothing is downloaded. What a run need
 from __future__ import annotations
 
 import json
+import os
+import platform
 import random
 from pathlib import Path
 
@@ -39,6 +41,19 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 TEMPLATE_WORDS = ["user", "assistant", "system", "Generate", "an", "engaging", "Twitter", "reply", "to", "this", "tweet", ":",
                   "Reply", ",", ".", "!", "?"]
+
+
+def host() -> dict:
+    """The host's CPU model and logical CPU count: a host-bound step (TRL's generate loop) moves
+    with them, so every result records them beside the GPU."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": model, "logical_cpus": os.cpu_count()}
 
 
 def filler_word(i: int) -> str:

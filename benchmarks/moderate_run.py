@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     prep = bm.write_tweets(work / "prepared", args.examples, bm.SHAPES[args.shape]["vocab_size"])
     runs = work / "runs"
     shutil.rmtree(runs, ignore_errors=True)
+    res["host"] = bm.host()
     if cuda:
         torch.cuda.empty_cache()
         res["device"] = torch.cuda.get_device_name()

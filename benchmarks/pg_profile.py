@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="pg_profile_"))
     model, tok, cfg, embedder, texts = sb.setup(args.shape, dev, dtype, work, lora="fast")
     res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-                 "allocator_choice": alloc}
+                 "allocator_choice": alloc, "host": bm.host()}
     peak = sb.matmul_peak(dev, 512 if args.shape == "tiny" else 8192, dtype)
     m, n = cfg.rollout.max_examples_for_diversity, cfg.rollout.n_generations
     counts, mcfg = sb.param_counts(model), model.get_base_model().config

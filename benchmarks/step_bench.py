@@ -327,7 +327,7 @@ def main(argv=None) -> int:
 
     res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu", "lora_paths": paths,
                  "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                              "python": sys.version.split()[0]}, "allocator_choice": alloc}
+                              "python": sys.version.split()[0]}, "allocator_choice": alloc, "host": bm.host()}
     print(res, flush=True)
     bw = copy_bandwidth(dev, (1 << 22) if tiny else (2 << 30))
     peak = matmul_peak(dev, 512 if tiny else 8192, dtype)

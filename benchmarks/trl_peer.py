@@ -262,7 +262,7 @@ def main(argv=None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="trl_peer_"))
     res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu", "trl": trl.__version__,
-                 "torch": torch.__version__, "allocator_choice": alloc}
+                 "torch": torch.__version__, "allocator_choice": alloc, "host": bm.host()}
     res["ours"] = ours(args, dev, dtype, work, paths, variants)
     res["trl_generate"] = trl_run(args, dev, dtype, work, continuous=False)
     if "cb" not in args.skip:
