@@ -126,6 +126,11 @@ def profile(fn, cuda: bool) -> dict:
             "top": [{"kernel": n[:160], "seconds": s, "calls": c, "kind": kind(n)} for n, s, c in kernels[:25]]}
 
 
+def rel_l2(g: torch.Tensor, ref: torch.Tensor) -> float:
+    """|g - ref| / |ref|."""
+    return float((g - ref).norm() / ref.norm())
+
+
 def lora_grad(model) -> torch.Tensor:
     return torch.cat([p.grad.detach().float().flatten() for p in model.parameters() if p.requires_grad and p.grad is not None])
 
@@ -229,7 +234,7 @@ def main(argv=None) -> int:
         eager = measure("eager")
         g_eager = eager.pop("_grad")
         eager["pg_two_passes_s"], g_two = two_pass()
-        eager["pg_grad_rel_l2_two_passes_vs_one"] = float((g_two - g_eager).norm() / g_eager.norm())
+        eager["pg_grad_rel_l2_two_passes_vs_one"] = rel_l2(g_two, g_eager)
         res["eager"] = eager
         print(f"eager, two passes of 20: {eager['pg_two_passes_s']:.3f} s; gradient rel L2 against one pass "
               f"{eager['pg_grad_rel_l2_two_passes_vs_one']:.2e}", flush=True)
@@ -242,13 +247,13 @@ def main(argv=None) -> int:
         g_comp = comp.pop("_grad")
         comp["wall_incl_compile_s"] = time.perf_counter() - t0
         if g_eager is not None:
-            comp["pg_grad_rel_l2_vs_eager"] = float((g_comp - g_eager).norm() / g_eager.norm())
+            comp["pg_grad_rel_l2_vs_eager"] = rel_l2(g_comp, g_eager)
             comp["sft_loss_minus_eager"] = comp["sft_loss"] - res["eager"]["sft_loss"]
         if two_passes:
             comp["pg_two_passes_s"], g_two = two_pass()
             print(f"{label}, two passes of 20: {comp['pg_two_passes_s']:.3f} s", flush=True)
             if g_eager is not None:
-                comp["pg_grad_rel_l2_two_passes_vs_eager_one"] = float((g_two - g_eager).norm() / g_eager.norm())
+                comp["pg_grad_rel_l2_two_passes_vs_eager_one"] = rel_l2(g_two, g_eager)
         uncompile(model)
         torch._dynamo.reset()
         return comp, g_comp
@@ -263,13 +268,15 @@ def main(argv=None) -> int:
     if args.ab:
         ab: dict = {}
         grads = {}
-        for inplace in (False, True):
-            fast_lora.INPLACE_UNDER_COMPILE = inplace
-            name = "in_place" if inplace else "out_of_place"
-            ab[name], grads[name] = compiled(f"compiled, LoRA branch {name.replace('_', ' ')}")
-        fast_lora.INPLACE_UNDER_COMPILE = False
-        ab["pg_grad_rel_l2_in_vs_out_of_place"] = float((grads["in_place"] - grads["out_of_place"]).norm()
-                                                        / grads["out_of_place"].norm())
+        shipped = fast_lora.INPLACE_UNDER_COMPILE
+        try:
+            for inplace in (False, True):
+                fast_lora.INPLACE_UNDER_COMPILE = inplace
+                name = "in_place" if inplace else "out_of_place"
+                ab[name], grads[name] = compiled(f"compiled, LoRA branch {name.replace('_', ' ')}")
+        finally:
+            fast_lora.INPLACE_UNDER_COMPILE = shipped
+        ab["pg_grad_rel_l2_in_vs_out_of_place"] = rel_l2(grads["in_place"], grads["out_of_place"])
         ab["pg_out_of_place_over_in_place"] = ab["out_of_place"]["pg_s"] / ab["in_place"]["pg_s"]
         ab["sft_out_of_place_over_in_place"] = ab["out_of_place"]["sft_s"] / ab["in_place"]["sft_s"]
         res["ab"] = ab

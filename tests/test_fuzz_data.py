@@ -38,7 +38,8 @@ def _cfg(path, out):
 def test_prepare_on_random_files(tmp_path_factory, lines, skip):
     d = tmp_path_factory.mktemp("fz")
     src = d / "in.jsonl"
-    src.write_bytes(b"\n".join(lines) + b"\n")
+    data = b"\n".join(lines) + b"\n"
+    src.write_bytes(data)
     out = d / "out"
     try:
         manifest = prepare(_cfg(src, out), seed=1, skip_invalid=skip)
@@ -56,7 +57,7 @@ def test_prepare_on_random_files(tmp_path_factory, lines, skip):
     kept = sum(len(v) for v in rows.values())
     rejected = sum(manifest.get("rejects", {}).values())
     # A generated line may hold a newline itself: count the file's lines as prepare reads them.
-    physical = src.read_bytes().split(b"\n")[:-1]
+    physical = data.split(b"\n")[:-1]
     non_blank = sum(1 for x in physical if x.decode("utf-8", "replace").strip())
     assert kept + rejected == non_blank, (kept, rejected, non_blank, manifest)
     groups = [{r["group"] for r in v} for v in rows.values()]

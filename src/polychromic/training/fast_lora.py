@@ -93,7 +93,7 @@ class _LoraLinearFunction(torch.autograd.Function):
             if need_x:
                 grad_x = torch.mm(g, weight)
                 if ctx.no_dropout:
-                    grad_x = grad_x + torch.mm(gh, a) if _out_of_place() else grad_x.addmm_(gh, a)
+                    grad_x = (grad_x + torch.mm(gh, a)) if _out_of_place() else grad_x.addmm_(gh, a)
                 grad_x = grad_x.view(*grad_y.shape[:-1], weight.shape[1])
             if need_d:
                 grad_d = torch.mm(gh, a).view(*grad_y.shape[:-1], weight.shape[1])
