@@ -20,16 +20,22 @@ In one process:
              with the 40 sequences recomputed in two passes of 20 (other matmul shapes, other
              rounding) against one pass, and the time of that two-pass schedule, eager and
              compiled (the fixed cost of a pass)
-  ab         (--ab) the compiled passes twice more, with the LoRA branch added out of place (the
-             default under compile) and in place (fast_lora.INPLACE_UNDER_COMPILE = True), the
-             graphs rebuilt between the two: the same measurements, side by side
+  ab         (--ab lora_add) the compiled passes twice more, with the LoRA branch added out of
+             place (the default under compile) and in place (fast_lora.INPLACE_UNDER_COMPILE =
+             True), the graphs rebuilt between the two: the same measurements, side by side;
+             (--ab packing) the same with the recompute's sequences right-padded
+             (rollout.packed_recompute false) and packed end to end (true, training/packed.py)
+
+SDPA's cuDNN backend is left out unless --cudnn-attention, as the trainer does
+(trainer.cudnn_attention).
 
 Each profile also lists where the GPU sat idle inside the pass: the total of the gaps between
 consecutive kernels, and the largest gaps with the kernels on either side (a gap is host time:
 a synchronisation, Python, a launch the CPU has not issued yet).
 
     PYTHONPATH=src python3 benchmarks/pg_profile.py                     # on the GPU
-    PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab       # in place against out of place
+    PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab lora_add   # in place against out of place
+    PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab packing    # padded against packed recompute
     PYTHONPATH=src python benchmarks/pg_profile.py --shape tiny --repeats 1 --no-compile   # CPU smoke
 
 Writes pg_profile.json to --out (default $OUT) and prints a summary.
@@ -38,6 +44,7 @@ Writes pg_profile.json to --out (default $OUT) and prints a summary.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -143,18 +150,21 @@ def main(argv=None) -> int:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--skip-eager", action="store_true", help="measure the compiled passes only (the compiled "
                     "gradient is then compared with nothing)")
-    ap.add_argument("--ab", action="store_true", help="the compiled passes with the LoRA branch added out of "
-                    "place and in place, side by side")
+    ap.add_argument("--ab", choices=("lora_add", "packing"), help="the compiled passes two ways, side by side: "
+                    "the LoRA branch added out of place and in place, or the recompute padded and packed")
+    ap.add_argument("--cudnn-attention", action="store_true", help="let SDPA pick cuDNN (trainer.cudnn_attention)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
     alloc = configure_allocator(True, "auto")
     cuda = torch.cuda.is_available()
+    torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention)  # as train() does with trainer.cudnn_attention
     dev = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
     work = Path(tempfile.mkdtemp(prefix="pg_profile_"))
     model, tok, cfg, embedder, texts = sb.setup(args.shape, dev, dtype, work, lora="fast")
     res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-                 "allocator_choice": alloc, "host": bm.host()}
+                 "allocator_choice": alloc, "host": bm.host(),
+                 "cudnn_attention": args.cudnn_attention}
     peak = sb.matmul_peak(dev, 512 if args.shape == "tiny" else 8192, dtype)
     m, n = cfg.rollout.max_examples_for_diversity, cfg.rollout.n_generations
     counts, mcfg = sb.param_counts(model), model.get_base_model().config
@@ -174,8 +184,11 @@ def main(argv=None) -> int:
     score_s = sb.median_of(lambda: poly.score_rollouts(ro, embedder, cfg.objective), args.repeats)[0]
     res["score_s"] = score_s
 
+    packed: list = [None]  # rollout.packed_recompute for the passes below (None: the trainer's default)
+
     def pg(batch=ro, rows=None):
-        sb.pg_pass(model, batch, embedder, cfg, rows)
+        c = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, packed_recompute=packed[0]))
+        sb.pg_pass(model, batch, embedder, c, rows)
 
     def two_pass() -> tuple[float, torch.Tensor]:
         t = sb.median_of(lambda: (pg(rows=20), model.zero_grad(set_to_none=True)), args.repeats)[0]
@@ -265,7 +278,18 @@ def main(argv=None) -> int:
                   f"{res['eager']['pg_grad_rel_l2_two_passes_vs_one']:.2e}), sft loss diff {comp['sft_loss_minus_eager']:.2e}",
                   flush=True)
         res["compiled"] = comp
-    if args.ab:
+    if args.ab == "packing":
+        ab, grads = {}, {}
+        for name, setting in (("padded", False), ("packed", True)):
+            packed[0] = setting
+            ab[name], grads[name] = compiled(f"compiled, recompute {name}")
+        packed[0] = None
+        ab["pg_grad_rel_l2_packed_vs_padded"] = rel_l2(grads["packed"], grads["padded"])
+        ab["pg_packed_over_padded"] = ab["packed"]["pg_s"] / ab["padded"]["pg_s"]
+        res["ab_packing"] = ab
+        print(f"packed / padded: pg {ab['pg_packed_over_padded']:.3f}; pg gradient rel L2 between them "
+              f"{ab['pg_grad_rel_l2_packed_vs_padded']:.2e}", flush=True)
+    if args.ab == "lora_add":
         ab: dict = {}
         grads = {}
         shipped = fast_lora.INPLACE_UNDER_COMPILE

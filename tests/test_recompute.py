@@ -10,7 +10,9 @@ from polychromic.config import LoraConfig, ModelConfig, load_config
 from polychromic.models import attach_lora, load_base_model, load_tokenizer
 from polychromic.training import fast_lora
 from polychromic.training.objectives import polychromic as poly
-from polychromic.training.rollout import generate_rollouts, pack, rows_per_pass, tempered_logprobs, token_logprobs
+from polychromic.training import packed as packed_mod
+from polychromic.training.rollout import (generate_rollouts, pack, pack_packed, packing, rows_per_pass, tempered_logprobs,
+                                         token_logprobs)
 
 
 def test_tempered_logprobs_match_log_softmax_in_value_and_gradient():
@@ -63,6 +65,25 @@ def test_pack_is_right_padded_with_real_positions():
     assert pack([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], 0, "cpu", multiple=5)["input_ids"].shape == (2, 5)
     with pytest.raises(ValueError, match="pad multiple 0"):
         pack([[5]], [[1]], 0, "cpu", multiple=0)
+
+
+def test_pack_packed_lays_sequences_end_to_end_with_restarting_positions():
+    b = pack_packed([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], "cpu")
+    assert b["input_ids"].tolist() == [[5, 6, 7, 1, 2, 8, 3, 4, 9]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3]]
+    assert b["cu_seqlens"].tolist() == [0, 5, 9] and b["cu_seqlens"].dtype == torch.int32
+    assert b["max_len"] == 5
+    assert b["logit_index"].tolist() == [[2, 3, 0], [5, 6, 7]]  # positions in the row
+    assert b["completion_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert b["completion_ids"].tolist() == [[1, 2, 0], [3, 4, 9]]
+    # the same completion tensors as the padded layout, an empty completion included
+    p, y = [[5, 6, 7], [8], [4, 4]], [[1, 2], [3, 4, 9], []]
+    for k in ("completion_ids", "completion_mask"):
+        assert torch.equal(pack_packed(p, y, "cpu")[k], pack(p, y, 0, "cpu")[k]), k
+    with pytest.raises(ValueError, match="empty prompt"):
+        pack_packed([[]], [[1]], "cpu")
+    with pytest.raises(ValueError, match="2 prompts for 1 completions"):
+        pack_packed([[1], [2]], [[1]], "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +153,8 @@ def test_batched_recompute_gives_the_group_by_group_gradient(tiny):
     assert ref and all(torch.isfinite(g).all() for g in ref.values()) and any(g.abs().sum() > 0 for g in ref.values())
     # one pass of all 12; one sequence per pass; passes straddling groups; widths padded to 16
     for extra in ([], ["rollout.recompute_rows=1"], ["rollout.recompute_rows=5"], ["trainer.pad_to_multiple_of=16"],
-                  ["rollout.recompute_rows=5", "trainer.pad_to_multiple_of=7"]):
+                  ["rollout.recompute_rows=5", "trainer.pad_to_multiple_of=7"], ["rollout.packed_recompute=true"],
+                  ["rollout.packed_recompute=true", "rollout.recompute_rows=5"]):
         c = load_config(None, base + extra)
         terms = poly.rollout_term(model, ro, _embed, c, lambda loss: loss.backward())
         got = _grads(model)
@@ -143,12 +165,39 @@ def test_batched_recompute_gives_the_group_by_group_gradient(tiny):
     # the trainer's LoRA path (training/fast_lora.py) against the same peft-path reference
     assert fast_lora.install(model) == 6
     try:
-        poly.rollout_term(model, ro, _embed, load_config(None, base), lambda loss: loss.backward())
-        got = _grads(model)
+        for extra in ([], ["rollout.packed_recompute=true"]):
+            poly.rollout_term(model, ro, _embed, load_config(None, base + extra), lambda loss: loss.backward())
+            got = _grads(model)
+            for n in ref:
+                torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-7, msg=f"{n} through fast_lora {extra}")
     finally:
         fast_lora.uninstall(model)
-    for n in ref:
-        torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-7, msg=f"{n} through fast_lora")
+
+
+def test_packed_token_logprobs_equal_the_padded_ones_and_the_config_is_restored(tiny):
+    model, _ = tiny
+    p, y = [[5, 6, 7, 9, 11], [8], [4, 4, 2]], [[1, 2], [3, 4, 9, 10], [12]]
+    with poly.dropout_off(model):
+        ref = token_logprobs(model, pack(p, y, 0, "cpu"), 0.7)
+        got = token_logprobs(model, pack_packed(p, y, "cpu"), 0.7)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert model.get_base_model().config._attn_implementation != packed_mod.PACKED_ATTENTION
+
+
+def test_packing_is_chosen_where_it_runs_and_refused_with_the_reason(tiny):
+    model, _ = tiny
+    assert packing(model, None) is False  # a CPU model: the padded passes
+    assert packing(model, True) is True and packing(model, False) is False
+    base = model.get_base_model()
+    base.gradient_checkpointing_enable()
+    try:
+        with pytest.raises(ValueError, match="packed_recompute: true.*gradient checkpointing"):
+            packing(model, True)
+        assert packing(model, None) is False
+    finally:
+        base.gradient_checkpointing_disable()
+    with pytest.raises(RuntimeError, match="without polychromic_cu_seqlens"):
+        packed_mod.packed_attention(None, *(torch.zeros(1, 2, 3, 4) for _ in range(3)), None)
 
 
 def test_token_logprobs_rejects_an_eos_inside_the_min_new_tokens_block(tiny):
@@ -185,3 +234,39 @@ def test_scoring_embeds_all_rollout_texts_in_one_call():
     for i, group in enumerate(texts):  # the same distances as embedding each group alone
         np.testing.assert_allclose(dist[i], distance_matrix(group, "semantic", _embed), rtol=0, atol=1e-12)
     assert q.shape == (3, 4)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and packed_mod.varlen_kernel()),
+                    reason="needs a CUDA GPU and torch's variable-length attention kernel")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_packed_pass_through_the_varlen_kernel_matches_the_padded_pass_on_a_gpu(tiny_model_dir, compiled):
+    from polychromic.training.compiled import compile_layers, uncompile
+
+    mcfg = ModelConfig(path=str(tiny_model_dir), dtype="bfloat16")
+    torch.manual_seed(0)
+    model = attach_lora(load_base_model(mcfg, torch.device("cuda")), LoraConfig(r=4, alpha=8, dropout=0.0,
+                                                                                 target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    assert packing(model, None) is True  # the default on a GPU with the kernel
+    g = torch.Generator().manual_seed(3)
+    p = [torch.randint(5, 200, (int(n),), generator=g).tolist() for n in (7, 19, 3, 12)]
+    y = [torch.randint(5, 200, (int(n),), generator=g).tolist() for n in (9, 4, 15, 1)]
+    if compiled:
+        compile_layers(model)
+    grads = []
+    try:
+        for batch in (pack(p, y, 0, "cuda"), pack_packed(p, y, "cuda")):
+            lp = token_logprobs(model, batch, 0.9)
+            (lp * batch["completion_mask"]).sum().backward()
+            grads.append(torch.cat([q.grad.flatten().float() for q in model.parameters() if q.grad is not None]))
+            grads.append(lp.detach().float())
+            model.zero_grad(set_to_none=True)
+    finally:
+        uncompile(model)
+        torch._dynamo.reset()
+    (g_pad, lp_pad), (g_packed, lp_packed) = grads[:2], grads[2:]
+    torch.testing.assert_close(lp_packed, lp_pad, rtol=0, atol=0.06)  # bf16 rounding of a different schedule
+    assert float((g_packed - g_pad).norm() / g_pad.norm()) < 0.05

@@ -115,6 +115,10 @@ class RolloutConfig:
     recompute_rows: Optional[int] = None
     """Sequences per forward/backward pass when the policy-gradient term recomputes their
     log-probs with grad; None = as many as the free GPU memory holds (all of them on a CPU)."""
+    packed_recompute: Optional[bool] = None
+    """Lay the recomputed sequences end to end without padding and attend within each through a
+    variable-length kernel (training/packed.py); None = where that kernel runs (CUDA) and the
+    model allows it, False = right-padded passes, True = packed or an error saying why not."""
 
 
 @dataclass

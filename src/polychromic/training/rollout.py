@@ -29,6 +29,7 @@ from polychromic.config import RolloutConfig
 from polychromic.generation import SamplingParams, sample, warn_if_off_policy
 from polychromic.generation.params import eos_ids
 from polychromic.prompts import padded_width
+from polychromic.training.packed import PLAIN_HEAD_TYPES, packed_forward, unsupported, varlen_kernel
 
 
 @dataclass
@@ -159,13 +160,61 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
     }
 
 
+def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], device) -> dict:
+    """The same sequences as `pack`, laid end to end in one row without padding (training/packed.py).
+
+    Returns input_ids and position_ids (1, T), T = sum_i (len(p_i) + len(y_i)), positions
+    0 .. len - 1 restarting at each sequence (the positions generate gave them); cu_seqlens
+    (B + 1,) int32, the sequences' offsets; max_len, the longest; completion_ids,
+    completion_mask and logit_index (B, C) as in `pack`, logit_index now a position in the
+    row: offset_i + len(p_i) - 1 + t."""
+    if len(prompts) != len(completions) or not prompts:
+        raise ValueError(f"pack_packed: {len(prompts)} prompts for {len(completions)} completions")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("pack_packed: an empty prompt (its first completion token would have no logit)")
+    lens = np.array([len(p) + len(y) for p, y in zip(prompts, completions)], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)])
+    ids = np.fromiter((t for p, y in zip(prompts, completions) for t in (*p, *y)), dtype=np.int64, count=int(starts[-1]))
+    pos = np.arange(starts[-1], dtype=np.int64) - np.repeat(starts[:-1], lens)
+    b, c = len(prompts), max(1, max(len(y) for y in completions))
+    clen = np.array([len(y) for y in completions], dtype=np.int64)
+    cmask = np.arange(c)[None, :] < clen[:, None]
+    comp = np.zeros((b, c), dtype=np.int64)
+    comp[cmask] = np.fromiter((t for y in completions for t in y), dtype=np.int64, count=int(clen.sum()))
+    first = starts[:-1] + np.array([len(p) for p in prompts], dtype=np.int64) - 1
+    index = np.where(cmask, first[:, None] + np.arange(c)[None, :], 0)
+    return {
+        "input_ids": torch.from_numpy(ids)[None].to(device),
+        "position_ids": torch.from_numpy(pos)[None].to(device),
+        "cu_seqlens": torch.from_numpy(starts.astype(np.int32)).to(device),
+        "max_len": int(lens.max()),
+        "completion_ids": torch.from_numpy(comp).to(device),
+        "completion_mask": torch.from_numpy(cmask.astype(np.float32)).to(device),
+        "logit_index": torch.from_numpy(index).to(device),
+    }
+
+
+def packing(model, setting: bool | None) -> bool:
+    """Whether the recompute packs its sequences (rollout.packed_recompute): None packs where the
+    variable-length kernel runs (a CUDA model on a torch that has it) and the model supports a
+    packed pass; True packs (on a CPU through the per-sequence attention) or raises why it cannot;
+    False pads."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    reason = unsupported(base)
+    if setting is None:
+        return reason is None and varlen_kernel() and next(model.parameters()).is_cuda
+    if setting and reason:
+        raise ValueError(f"rollout.packed_recompute: true, but {type(base).__name__} cannot take a packed pass: {reason}; "
+                         "set it to null (pack where possible) or false")
+    return bool(setting)
+
+
 # ---------------------------------------------------------------------------------------------
 # Log-probs of the sampled tokens, with grad
 
-PLAIN_HEAD_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-"""Model types whose causal-LM logits are exactly lm_head(final hidden state): for these the
-head runs on the completion positions alone. Others (soft-capped or scaled logits) go through
-the model's own forward over the span of positions the rows need."""
+# PLAIN_HEAD_TYPES (training/packed.py): for these the head runs on the completion positions
+# alone. Others (soft-capped or scaled logits) go through the model's own forward over the span
+# of positions the rows need.
 
 CHUNK_BYTES = 1 << 28
 """float32 bytes of logits one chunk of the log-softmax works on (256 MiB)."""
@@ -227,6 +276,8 @@ def tempered_logprobs(z: torch.Tensor, y: torch.Tensor, temperature: float, bloc
 def _completion_logits(model, batch: dict, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """(R, V) logits at positions pos of rows `rows` (the completion-predicting ones)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "cu_seqlens" in batch:  # pack_packed: one row, logit_index is a position in it
+        return base.lm_head(packed_forward(base, batch)[pos])
     kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False)
     head = getattr(base, "lm_head", None)
     if getattr(base.config, "model_type", None) in PLAIN_HEAD_TYPES and type(head) is torch.nn.Linear and hasattr(base, "model"):
@@ -240,7 +291,7 @@ def _completion_logits(model, batch: dict, rows: torch.Tensor, pos: torch.Tensor
 
 
 def token_logprobs(model, batch: dict, temperature: float, min_new_tokens: int = 0, eos: Sequence[int] = ()) -> torch.Tensor:
-    """(B, C) log pi(y_t | x, y_<t) of each completion token of a `pack` batch, logits divided by
+    """(B, C) log pi(y_t | x, y_<t) of each completion token of a `pack` or `pack_packed` batch, logits divided by
     the sampling temperature (the policy the samples came from); zero where completion_mask is 0.
     Differentiable unless called under no_grad. Logits are computed at the completion positions
     only, and the log-softmax keeps no float32 copy of them (tempered_logprobs).

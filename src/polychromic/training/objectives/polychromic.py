@@ -32,7 +32,7 @@ from polychromic.config import Config, ObjectiveConfig
 from polychromic.training.objectives.terms import Terms
 from polychromic.rewards import distance_matrix, score_quality, words
 from polychromic.prompts import padded_width
-from polychromic.training.rollout import Rollouts, pack, rows_per_pass, token_logprobs
+from polychromic.training.rollout import Rollouts, pack, pack_packed, packing, rows_per_pass, token_logprobs
 from polychromic.training.set_diversity import class_labels
 from polychromic.training.set_diversity import set_diversity as set_diversity_of
 
@@ -318,7 +318,8 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     `model` is the PeftModel (its disable_adapter() gives the reference policy: no second model is
     loaded). Both losses are sums over sequences, so the recompute is batched across prompt
     groups: each forward/backward pass takes as many sequences as memory holds
-    (rollout.rows_per_pass; rollout.recompute_rows caps it), longest first so a pass pads little.
+    (rollout.rows_per_pass; rollout.recompute_rows caps it), longest first so a pass pads little,
+    or packed end to end with no padding at all (rollout.packed_recompute, training/packed.py).
     The gradient equals the group-by-group one up to float summation order (tested)."""
     o = cfg.objective
     q, dist, logs = score_rollouts(ro, embedder, o)
@@ -335,6 +336,7 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     seqs = [(i, j) for i in range(ro.m) if beta > 0 or adv[i].any() for j in range(ro.n)]
     seqs.sort(key=lambda r: -(len(ro.prompt_ids[r[0]]) + len(ro.completion_ids[r[0]][r[1]])))
     limit, multiple = cfg.rollout.recompute_rows, cfg.trainer.pad_to_multiple_of
+    packed = packing(model, cfg.rollout.packed_recompute)
     start = 0
     with dropout_off(model):
         while start < len(seqs):
@@ -343,8 +345,8 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
             take = seqs[start : start + rows_per_pass(model, width, len(seqs) - start, limit, probe=ro.n)]
             start += len(take)
             # Pad id 0 is never attended to (attention_mask 0) and never scored (completion_mask 0).
-            batch = pack([ro.prompt_ids[i] for i, _ in take], [ro.completion_ids[i][j] for i, j in take], 0, device,
-                         multiple)
+            prompts, completions = [ro.prompt_ids[i] for i, _ in take], [ro.completion_ids[i][j] for i, j in take]
+            batch = pack_packed(prompts, completions, device) if packed else pack(prompts, completions, 0, device, multiple)
             logp_tok = token_logprobs(model, batch, temp, min_new, eos)
             a = torch.as_tensor(np.array([adv[i, j] for i, j in take]), dtype=logp_tok.dtype, device=device)
             div = div_loss(logp_tok.sum(dim=1), a, l_norm, ro.m)

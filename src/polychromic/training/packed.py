@@ -1,0 +1,147 @@
+"""Packed passes: sequences laid end to end in one row, attention kept inside each sequence.
+
+The policy-gradient recompute right-pads its sequences to the longest (training/rollout.py,
+`pack`): every projection, norm and MLP then runs on the padding too, and SDPA takes the
+causal-and-padding mask, which its flash kernel cannot, so it falls back to a slower masked
+kernel. A packed pass gives the decoder the real tokens only, (1, T) with T = the sum of the
+lengths, position ids 0..len-1 restarting at each sequence, and attends through a
+variable-length kernel that keeps each sequence causal and apart from the others
+(torch.nn.attention.varlen.varlen_attn, flash attention over cumulative sequence offsets).
+
+transformers picks a layer's attention by the config's `_attn_implementation` name, and passes
+the forward's extra keyword arguments down to it. `packed_forward` registers PACKED_ATTENTION
+under that name, switches the config to it for the one forward call and hands it the sequence
+offsets; the mask mapping it passes holds no masks, so the model builds none. On a CPU, or
+where this torch has no varlen kernel, the same attention runs one sequence at a time through
+SDPA (exact, slower): what the CPU tests check the packed pass against.
+
+Only the forward is switched: a backward that re-runs the forward (gradient checkpointing)
+would meet the model's own attention with packed inputs, so `unsupported` refuses that case,
+as it refuses attention layouts other than full causal attention (sliding windows) and models
+whose logits are not the plain head over the decoder's output.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+PACKED_ATTENTION = "polychromic_packed"
+CU_SEQLENS = "polychromic_cu_seqlens"
+MAX_LEN = "polychromic_max_len"
+
+try:
+    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
+except ImportError:  # a torch without the variable-length API: the per-sequence path
+    _varlen_attn = None
+_VARLEN_PARAMS = set(inspect.signature(_varlen_attn).parameters) if _varlen_attn is not None else set()
+
+
+def varlen_kernel() -> bool:
+    """Whether this torch has the variable-length flash kernel."""
+    return _varlen_attn is not None
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                     **kwargs):
+    """transformers attention-function signature: query (1, H, T, D), key/value (1, KV, T, D)
+    of a packed row; returns ((1, T, H, D), None)."""
+    cu, max_len = kwargs.get(CU_SEQLENS), kwargs.get(MAX_LEN)
+    if cu is None or max_len is None:
+        raise RuntimeError(f"{PACKED_ATTENTION} attention called without {CU_SEQLENS}/{MAX_LEN}: it serves "
+                           "packed passes (training/packed.py, packed_forward) only")
+    if query.shape[0] != 1:
+        raise ValueError(f"{PACKED_ATTENTION}: a packed pass is one row, got {query.shape[0]}")
+    if dropout:
+        raise ValueError(f"{PACKED_ATTENTION}: attention dropout {dropout} is not supported in a packed pass")
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, heads, D)
+    if q.is_cuda and _varlen_attn is not None:
+        out = _varlen(q, k, v, cu, max_len, scaling)
+    else:
+        out = _per_sequence(q, k, v, cu, scaling)
+    return out.unsqueeze(0), None
+
+
+def _varlen(q, k, v, cu, max_len: int, scaling):
+    kw: dict = {"scale": scaling}
+    if "enable_gqa" in _VARLEN_PARAMS:
+        kw["enable_gqa"] = True
+    elif k.shape[1] != q.shape[1]:  # query head h reads KV head h // groups, as transformers' repeat_kv
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    if "is_causal" in _VARLEN_PARAMS:
+        kw["is_causal"] = True
+    else:
+        kw["window_size"] = (-1, 0)
+    return _varlen_attn(q, k, v, cu, cu, max_len, max_len, **kw)
+
+
+def _per_sequence(q, k, v, cu, scaling):
+    bounds = cu.tolist()
+    parts = [
+        F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1),
+                                       is_causal=True, scale=scaling, enable_gqa=True).transpose(0, 1)
+        for s, e in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(parts, dim=0)
+
+
+PLAIN_HEAD_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+"""Model types whose causal-LM logits are exactly lm_head(final hidden state): for these the
+head can run on the positions that are scored alone (training/rollout.py)."""
+
+_REGISTERED = False
+
+
+def _register() -> None:
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+        _REGISTERED = True
+
+
+def unsupported(base) -> str | None:
+    """Why `base` (a transformers causal LM, not the peft wrapper) cannot take a packed pass, or
+    None when it can."""
+    cfg = base.config
+    if getattr(cfg, "model_type", None) not in PLAIN_HEAD_TYPES or not hasattr(base, "model"):
+        return f"model type {getattr(cfg, 'model_type', None)!r} is not one of {', '.join(PLAIN_HEAD_TYPES)}"
+    if type(getattr(base, "lm_head", None)) is not torch.nn.Linear:
+        return "its lm_head is not a plain Linear layer"
+    kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"} or (getattr(cfg, "use_sliding_window", False) and getattr(cfg, "sliding_window", None)):
+        return f"its layers are not all full causal attention (layer types {sorted(kinds)})"
+    flag = next((a for a in ("is_activation_checkpointing", "is_gradient_checkpointing") if hasattr(type(base), a)), None)
+    if flag and getattr(base, flag):
+        return "gradient checkpointing re-runs the forward inside the backward, outside the packed attention"
+    return None
+
+
+@contextmanager
+def _attention(cfg, name: str):
+    before = cfg._attn_implementation
+    cfg._attn_implementation = name
+    try:
+        yield
+    finally:
+        cfg._attn_implementation = before
+
+
+def packed_forward(base, batch: dict) -> torch.Tensor:
+    """(T, hidden) final hidden states of a packed batch (rollout.pack_packed: input_ids and
+    position_ids (1, T), cu_seqlens (N + 1,) int32, max_len) through the decoder
+    of `base` (LoRA layers, disable_adapter and compiled layers act inside it)."""
+    reason = unsupported(base)
+    if reason:
+        raise ValueError(f"a packed pass cannot run on {type(base).__name__}: {reason}")
+    _register()
+    masks = {kind: None for kind in set(getattr(base.config, "layer_types", None) or ["full_attention"])}
+    with _attention(base.config, PACKED_ATTENTION):
+        out = base.model(input_ids=batch["input_ids"], attention_mask=masks, position_ids=batch["position_ids"],
+                         use_cache=False, **{CU_SEQLENS: batch["cu_seqlens"], MAX_LEN: batch["max_len"]})
+    return out.last_hidden_state[0]
