@@ -60,28 +60,31 @@ from polychromic.training.allocator import configure_allocator  # noqa: E402
 from polychromic.generation import fast as fastgen  # noqa: E402
 from polychromic.training.compiled import compile_layers, uncompile  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
-from polychromic.training.rollout import generate_rollouts, rollout_seed  # noqa: E402
+from polychromic.training.rollout import generate_rollouts, packing, rollout_seed  # noqa: E402
 
 LR = 2e-4
 
 
 NO_CUDNN = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 VARIANTS = {
-    "sdpa": ("sdpa", 1, None, False),
-    "eager": ("eager", 1, None, False),
-    "sdpa_pad32": ("sdpa", 32, None, False),
-    "sdpa_nocudnn": ("sdpa", 1, NO_CUDNN, False),
-    "sdpa_compiled": ("sdpa", 1, None, True),
-    "shipped": ("sdpa", 1, NO_CUDNN, True),
+    "sdpa": ("sdpa", 1, None, False, None),
+    "eager": ("eager", 1, None, False, None),
+    "sdpa_pad32": ("sdpa", 32, None, False, None),
+    "sdpa_nocudnn": ("sdpa", 1, NO_CUDNN, False, None),
+    "sdpa_compiled": ("sdpa", 1, None, True, None),
+    "shipped": ("sdpa", 1, NO_CUDNN, True, None),
+    "shipped_padded": ("sdpa", 1, NO_CUDNN, True, False),
 }
 """Our step's settings: (attn_implementation, trainer.pad_to_multiple_of, the SDPA backends
-allowed (None = torch's choice), trainer.compile). pad32 pads every recompute pass to a
+allowed (None = torch's choice), trainer.compile, rollout.packed_recompute: None, the
+default, packs the recompute where the variable-length kernel runs; False pads it). pad32 pads every recompute pass to a
 multiple of 32 tokens (few distinct shapes); nocudnn leaves cuDNN's attention out of SDPA's
 choice; both probe the one-time cost per new pass width that the first steps of a process pay
 under SDPA. compiled runs the decoder layers' training passes through torch.compile
 (training/compiled.py); its warm-up step compiles. shipped is what the shipped Qwen3-8B configs
 run: compiled, without cuDNN's attention (trainer.cudnn_attention false) in training and
-sampling alike, as train() sets it."""
+sampling alike, as train() sets it; shipped_padded the same with the recompute right-padded
+(the setting before packed passes, training/packed.py)."""
 
 
 def _backends(names):
@@ -102,10 +105,12 @@ def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) ->
     m = cfg.rollout.max_examples_for_diversity
     out, seen = {}, set()
     for path, variant in [(paths[0], v) for v in variants] + [(p, "sdpa") for p in paths[1:]]:
-        impl, multiple, backends, comp = VARIANTS[variant]
+        impl, multiple, backends, comp, packed_setting = VARIANTS[variant]
         if comp:
             compile_layers(model)
-        vcfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, pad_to_multiple_of=multiple))
+        vcfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, pad_to_multiple_of=multiple),
+                                   rollout=dataclasses.replace(cfg.rollout, packed_recompute=packed_setting))
+        packed = packing(model, packed_setting)
         sb.use_lora_path(model, path)
         sb.set_attention(model, impl)
         fastgen.release(model, empty_cache=False)  # each setting captures its own decode step (in its warm-up step)
@@ -139,8 +144,9 @@ def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) ->
             uncompile(model)
         med = statistics.median(times)
         out[f"{path}/{variant}"] = {"step_s": med, "steps_s": times, "parts": parts, "lora": path, "attention": impl,
-                                    "pad_to_multiple_of": multiple, "sdpa_backends": backends, "compiled": comp}
-        print(f"ours ({path} LoRA, {variant}): {med:.3f} s per step {times}; widths "
+                                    "pad_to_multiple_of": multiple, "sdpa_backends": backends, "compiled": comp,
+                                    "packed_recompute": packed}
+        print(f"ours ({path} LoRA, {variant}, recompute {'packed' if packed else 'padded'}): {med:.3f} s per step {times}; widths "
               f"{[(p['width'], 'new' if p['new_width'] else 'seen', p['passes']) for p in parts]}", flush=True)
     sb.set_attention(model, "sdpa")
     fastgen.release(model)

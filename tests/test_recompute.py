@@ -23,7 +23,7 @@ def test_tempered_logprobs_match_log_softmax_in_value_and_gradient():
     eos = [7, 11]
     y[block & torch.isin(y, torch.tensor(eos))] = 0  # a blocked EOS cannot have been sampled
     w = torch.randn(13, generator=g, dtype=torch.float64)
-    for blk in (None, block):
+    for blk, fused in ((None, False), (block, False), (block, True)):
         ref_z = (z / 0.7).clone()
         if blk is not None:
             ref_z[blk.nonzero(), torch.tensor(eos)[None]] = float("-inf")
@@ -31,8 +31,8 @@ def test_tempered_logprobs_match_log_softmax_in_value_and_gradient():
         ref = torch.log_softmax(z1 / 0.7 + (ref_z - z / 0.7).nan_to_num(neginf=float("-inf")), -1).gather(1, y[:, None])[:, 0]
         (ref * w).sum().backward()
         z2 = z.clone().requires_grad_(True)
-        # 2 rows per chunk: the chunk loop runs 7 times, the last chunk short
-        got = tempered_logprobs(z2, y, 0.7, blk, eos if blk is not None else (), chunk_bytes=2 * 4 * 50)
+        # 2 rows per chunk: the chunk loop runs 7 times, the last chunk short; fused: one compiled kernel
+        got = tempered_logprobs(z2, y, 0.7, blk, eos if blk is not None else (), chunk_bytes=2 * 4 * 50, fused=fused)
         (got * w).sum().backward()
         torch.testing.assert_close(got, ref.detach(), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(z2.grad, z1.grad, rtol=1e-12, atol=1e-12)
@@ -239,13 +239,16 @@ def test_scoring_embeds_all_rollout_texts_in_one_call():
 @pytest.mark.skipif(not (torch.cuda.is_available() and packed_mod.varlen_kernel()),
                     reason="needs a CUDA GPU and torch's variable-length attention kernel")
 @pytest.mark.parametrize("compiled", [False, True])
-def test_packed_pass_through_the_varlen_kernel_matches_the_padded_pass_on_a_gpu(tiny_model_dir, compiled):
+def test_packed_pass_through_the_varlen_kernel_matches_the_padded_pass_on_a_gpu(compiled):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
     from polychromic.training.compiled import compile_layers, uncompile
 
-    mcfg = ModelConfig(path=str(tiny_model_dir), dtype="bfloat16")
     torch.manual_seed(0)
-    model = attach_lora(load_base_model(mcfg, torch.device("cuda")), LoraConfig(r=4, alpha=8, dropout=0.0,
-                                                                                 target_modules=["q_proj", "v_proj", "down_proj"]))
+    cfg = Qwen3Config(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
+    base = Qwen3ForCausalLM(cfg).to(device="cuda", dtype=torch.bfloat16)
+    model = attach_lora(base, LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"]))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -270,3 +273,21 @@ def test_packed_pass_through_the_varlen_kernel_matches_the_padded_pass_on_a_gpu(
     (g_pad, lp_pad), (g_packed, lp_packed) = grads[:2], grads[2:]
     torch.testing.assert_close(lp_packed, lp_pad, rtol=0, atol=0.06)  # bf16 rounding of a different schedule
     assert float((g_packed - g_pad).norm() / g_pad.norm()) < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the fused log-softmax is the GPU default")
+def test_fused_tempered_logprobs_equal_the_chunked_ones_on_a_gpu():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z = (torch.randn(300, 5000, generator=g, device="cuda") * 4).to(torch.bfloat16)
+    y = torch.randint(0, 5000, (300,), generator=g, device="cuda")
+    block = torch.arange(300, device="cuda") % 4 == 0
+    y[block & (y == 7)] = 0
+    w = torch.randn(300, generator=g, device="cuda")
+    out = []
+    for fused in (False, True):
+        zz = z.clone().requires_grad_(True)
+        lp = tempered_logprobs(zz, y, 0.9, block, [7, 11], chunk_bytes=64 * 4 * 5000, fused=fused)
+        (lp * w).sum().backward()
+        out.append((lp.detach(), zz.grad.float()))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=0, atol=2e-3)

@@ -220,57 +220,76 @@ CHUNK_BYTES = 1 << 28
 """float32 bytes of logits one chunk of the log-softmax works on (256 MiB)."""
 
 
+def _lse_picked(z, y, temperature: float, block, eos_cols, dt):
+    """(log-normaliser, picked logit) per row of softmax(z / T), in dtype dt; block (R,) and
+    eos_cols (V,) bool: the entries of blocked rows at EOS columns are -inf."""
+    zc = (z.to(dt) / temperature).masked_fill(block[:, None] & eos_cols[None, :], float("-inf"))
+    return torch.logsumexp(zc, dim=-1), zc.gather(1, y[:, None])[:, 0]
+
+
+def _logit_grad(z, y, lse, grad, temperature: float, block, eos_cols):
+    """d/dz of grad * (picked - lse) = grad (onehot(y) - softmax(z / T)) / T, in z's dtype."""
+    zc = (z.to(lse.dtype) / temperature).masked_fill(block[:, None] & eos_cols[None, :], float("-inf"))
+    g = grad.to(lse.dtype)[:, None]
+    hit = torch.arange(z.shape[1], device=z.device)[None, :] == y[:, None]
+    return ((torch.where(hit, g, 0.0) - torch.exp(zc - lse[:, None]) * g) / temperature).to(z.dtype)
+
+
+_FUSED: dict = {}
+
+
+def _fused(fn):
+    """`fn` through torch.compile: one reduction (forward) and one elementwise kernel (backward)
+    that read the bf16 logits once and keep no float32 copy of them."""
+    if fn not in _FUSED:
+        _FUSED[fn] = torch.compile(fn, dynamic=True)
+    return _FUSED[fn]
+
+
 class _TemperedLogProb(torch.autograd.Function):
-    """log softmax(z / T)[y] per row of z (R, V), in row chunks, with a float32 (or wider)
-    softmax but no float32 copy of z kept: the forward saves z itself and the R log-normalisers,
-    the backward recomputes each chunk's softmax and writes d/dz = (onehot(y) - softmax) / T in
-    z's dtype. `block` (R,) marks rows where the `eos` columns were -inf for the sampler."""
+    """log softmax(z / T)[y] per row of z (R, V), with a float32 (or wider) softmax but no
+    float32 copy of z kept: the forward saves z itself and the R log-normalisers, the backward
+    recomputes the softmax and writes d/dz = (onehot(y) - softmax) / T in z's dtype. `block`
+    (R,) marks rows where the `eos` columns were -inf for the sampler. Fused (`_fused`, the
+    default on a GPU), each pass is one compiled kernel over all rows; otherwise it runs eagerly
+    in row chunks of `chunk_rows`, each chunk's float32 temporaries freed before the next."""
 
     @staticmethod
-    def forward(ctx, z, y, temperature: float, block, eos, chunk_rows: int):
+    def forward(ctx, z, y, temperature: float, block, eos_cols, chunk_rows: int, fused: bool):
         dt = torch.promote_types(z.dtype, torch.float32)
-        lse = torch.empty(z.shape[0], dtype=dt, device=z.device)
-        picked = torch.empty(z.shape[0], dtype=dt, device=z.device)
-        for s in range(0, z.shape[0], chunk_rows):
-            zc = _tempered(z, s, chunk_rows, temperature, block, eos, dt)
-            lse[s : s + chunk_rows] = torch.logsumexp(zc, dim=-1)
-            picked[s : s + chunk_rows] = zc.gather(1, y[s : s + chunk_rows, None])[:, 0]
-        ctx.save_for_backward(z, y, lse, block, eos)
-        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        fwd = _fused(_lse_picked) if fused else _lse_picked
+        step = z.shape[0] if fused else chunk_rows
+        parts = [fwd(z[s : s + step], y[s : s + step], temperature, block[s : s + step], eos_cols, dt)
+                 for s in range(0, z.shape[0], step)]
+        lse, picked = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        ctx.save_for_backward(z, y, lse, block, eos_cols)
+        ctx.temperature, ctx.step, ctx.fused = temperature, step, fused
         return picked - lse
 
     @staticmethod
     def backward(ctx, grad):
-        z, y, lse, block, eos = ctx.saved_tensors
-        t, n = ctx.temperature, ctx.chunk_rows
+        z, y, lse, block, eos_cols = ctx.saved_tensors
+        t, n = ctx.temperature, ctx.step
+        bwd = _fused(_logit_grad) if ctx.fused else _logit_grad
+        if n >= z.shape[0]:
+            return bwd(z, y, lse, grad, t, block, eos_cols), None, None, None, None, None, None
         out = torch.empty_like(z)
         for s in range(0, z.shape[0], n):
-            zc = _tempered(z, s, n, t, block, eos, lse.dtype)
-            g = grad[s : s + n, None].to(lse.dtype)
-            d = torch.exp(zc - lse[s : s + n, None]).mul_(-g)
-            d.scatter_add_(1, y[s : s + n, None], g)
-            out[s : s + n] = d.div_(t)
-        return out, None, None, None, None, None
-
-
-def _tempered(z, s: int, n: int, temperature: float, block, eos, dt):
-    zc = z[s : s + n].to(dt) / temperature
-    if block is not None and eos.numel():
-        rows = block[s : s + n].nonzero()
-        if rows.numel():
-            zc[rows, eos[None, :]] = float("-inf")
-    return zc
+            out[s : s + n] = bwd(z[s : s + n], y[s : s + n], lse[s : s + n], grad[s : s + n], t, block[s : s + n], eos_cols)
+        return out, None, None, None, None, None, None
 
 
 def tempered_logprobs(z: torch.Tensor, y: torch.Tensor, temperature: float, block: torch.Tensor | None = None,
-                      eos: Sequence[int] = (), chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
+                      eos: Sequence[int] = (), chunk_bytes: int = CHUNK_BYTES, fused: bool | None = None) -> torch.Tensor:
     """(R,) log softmax(z / T)[y] for logits z (R, V) and targets y (R,), differentiable in z,
     without a float32 copy of z (see _TemperedLogProb). block (R,) bool: rows whose `eos`
-    columns are -inf (the min_new_tokens block)."""
-    eos_t = torch.as_tensor(list(eos), dtype=torch.long, device=z.device)
-    block_t = block if block is not None and eos_t.numel() else None
+    columns are -inf (the min_new_tokens block). fused: compiled kernels (None: on a GPU)."""
+    eos_cols = torch.zeros(z.shape[-1], dtype=torch.bool, device=z.device)
+    if len(eos):
+        eos_cols[torch.as_tensor(list(eos), dtype=torch.long, device=z.device)] = True
+    block_t = block if block is not None and len(eos) else torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
     rows = max(1, chunk_bytes // (4 * max(1, z.shape[-1])))
-    return _TemperedLogProb.apply(z, y, float(temperature), block_t, eos_t, rows)
+    return _TemperedLogProb.apply(z, y, float(temperature), block_t, eos_cols, rows, z.is_cuda if fused is None else fused)
 
 
 def _completion_logits(model, batch: dict, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
