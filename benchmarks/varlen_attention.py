@@ -9,7 +9,7 @@ the decode step run now, on the Qwen3-8B attention shape (32 query heads, 8 KV h
                padded   (40, heads, L, D) right-padded to the longest, SDPA with the causal and
                         padding mask transformers builds (torch's backend choice, cuDNN off and on)
                packed   the real tokens only, (T, heads, D), through varlen_attn, causal per
-                        sequence
+                        sequence, as a packed pass calls it (training/packed.py)
              the largest difference of the outputs and of the q/k/v gradients at real tokens
   decode     one decode step's attention at 40 rows x 192 cache slots, left-padded prompts
              (what generation/fast.py runs): flex_attention with FLEX_KERNEL_OPTIONS against
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from polychromic.io import atomic_write_json  # noqa: E402
+from polychromic.training import packed  # noqa: E402
 
 HEADS, KV, D = 32, 8, 128
 
@@ -62,24 +63,6 @@ def api() -> dict:
         out["varlen_attn"] = f"absent: {e}"
     out["aten_flash"] = str(torch.ops.aten._flash_attention_forward.default._schema)
     return out
-
-
-def varlen_call(q, k, v, cu_q, cu_k, max_q, max_k, causal: bool, seqused_k=None):
-    from torch.nn.attention.varlen import varlen_attn
-
-    params = inspect.signature(varlen_attn).parameters
-    kw: dict = {}
-    if "enable_gqa" in params:
-        kw["enable_gqa"] = True
-    elif k.shape[1] != q.shape[1]:
-        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
-    if "is_causal" in params:
-        kw["is_causal"] = causal
-    elif causal:
-        kw["window_size"] = (-1, 0)
-    if seqused_k is not None:
-        kw["seqused_k"] = seqused_k
-    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
 
 
 def recompute(dev) -> dict:
@@ -111,7 +94,7 @@ def recompute(dev) -> dict:
 
     def run_packed():
         qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
-        o = varlen_call(qq, kk, vv, cu, cu, L, L, causal=True)
+        o = packed._varlen(qq, kk, vv, cu, L, None)  # what a packed pass runs
         o.backward(go)
         return o, qq, kk, vv
 
@@ -160,7 +143,9 @@ def decode(dev) -> dict:
     cu_q = torch.arange(b + 1, device=dev, dtype=torch.int32)
     qv = q.reshape(b, HEADS, D)
     try:
-        call = lambda: varlen_call(qv, kt, vt, cu_q, cu_k, 1, slots, causal=False, seqused_k=used.to(torch.int32))  # noqa: E731
+        from torch.nn.attention.varlen import varlen_attn
+
+        call = lambda: varlen_attn(qv, kt, vt, cu_q, cu_k, 1, slots, enable_gqa=True, seqused_k=used.to(torch.int32))  # noqa: E731
         res["varlen_seqused_us"] = timed_us(call, 200)
         res["varlen_max_diff"] = float((call().view(b, KV, HEADS // KV, D) - ref).abs().max())
     except Exception as e:

@@ -140,8 +140,7 @@ def packed_forward(base, batch: dict) -> torch.Tensor:
     if reason:
         raise ValueError(f"a packed pass cannot run on {type(base).__name__}: {reason}")
     _register()
-    masks = {kind: None for kind in set(getattr(base.config, "layer_types", None) or ["full_attention"])}
-    with _attention(base.config, PACKED_ATTENTION):
-        out = base.model(input_ids=batch["input_ids"], attention_mask=masks, position_ids=batch["position_ids"],
+    with _attention(base.config, PACKED_ATTENTION):  # no masks: every layer is full attention (unsupported)
+        out = base.model(input_ids=batch["input_ids"], attention_mask={"full_attention": None}, position_ids=batch["position_ids"],
                          use_cache=False, **{CU_SEQLENS: batch["cu_seqlens"], MAX_LEN: batch["max_len"]})
     return out.last_hidden_state[0]

@@ -17,6 +17,7 @@ takes the tempered log-softmax in chunks without a float32 copy of the logits.
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -105,6 +106,13 @@ def generate_rollouts(model, tokenizer, prompt_texts: Sequence[str], prompt_ids:
     )
 
 
+def _check_pairs(name: str, prompts, completions) -> None:
+    if len(prompts) != len(completions) or not prompts:
+        raise ValueError(f"{name}: {len(prompts)} prompts for {len(completions)} completions")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError(f"{name}: an empty prompt (its first completion token would have no logit)")
+
+
 def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, device,
          multiple: int = 1) -> dict:
     """Padded (prompt + completion) tensors for one forward pass, right-padded.
@@ -129,10 +137,7 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
     position whose logits predict completion token t (0 where the mask is 0). A completion may
     be empty (mask all zero).
     """
-    if len(prompts) != len(completions) or not prompts:
-        raise ValueError(f"pack: {len(prompts)} prompts for {len(completions)} completions")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("pack: an empty prompt (its first completion token would have no logit)")
+    _check_pairs("pack", prompts, completions)
     width = padded_width(max(len(p) + len(y) for p, y in zip(prompts, completions)), multiple)
     c = max(1, max(len(y) for y in completions))
     b = len(prompts)
@@ -168,10 +173,7 @@ def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence
     (B + 1,) int32, the sequences' offsets; max_len, the longest; completion_ids,
     completion_mask and logit_index (B, C) as in `pack`, logit_index now a position in the
     row: offset_i + len(p_i) - 1 + t."""
-    if len(prompts) != len(completions) or not prompts:
-        raise ValueError(f"pack_packed: {len(prompts)} prompts for {len(completions)} completions")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("pack_packed: an empty prompt (its first completion token would have no logit)")
+    _check_pairs("pack_packed", prompts, completions)
     lens = np.array([len(p) + len(y) for p, y in zip(prompts, completions)], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lens)])
     ids = np.fromiter((t for p, y in zip(prompts, completions) for t in (*p, *y)), dtype=np.int64, count=int(starts[-1]))
@@ -220,30 +222,30 @@ CHUNK_BYTES = 1 << 28
 """float32 bytes of logits one chunk of the log-softmax works on (256 MiB)."""
 
 
+def _scaled(z, temperature: float, block, eos_cols, dt):
+    """z / T in dtype dt; block (R,) and eos_cols (V,) bool: blocked rows' EOS entries are -inf."""
+    return (z.to(dt) / temperature).masked_fill(block[:, None] & eos_cols[None, :], float("-inf"))
+
+
 def _lse_picked(z, y, temperature: float, block, eos_cols, dt):
-    """(log-normaliser, picked logit) per row of softmax(z / T), in dtype dt; block (R,) and
-    eos_cols (V,) bool: the entries of blocked rows at EOS columns are -inf."""
-    zc = (z.to(dt) / temperature).masked_fill(block[:, None] & eos_cols[None, :], float("-inf"))
+    """(log-normaliser, picked logit) per row of softmax(z / T), in dtype dt."""
+    zc = _scaled(z, temperature, block, eos_cols, dt)
     return torch.logsumexp(zc, dim=-1), zc.gather(1, y[:, None])[:, 0]
 
 
 def _logit_grad(z, y, lse, grad, temperature: float, block, eos_cols):
     """d/dz of grad * (picked - lse) = grad (onehot(y) - softmax(z / T)) / T, in z's dtype."""
-    zc = (z.to(lse.dtype) / temperature).masked_fill(block[:, None] & eos_cols[None, :], float("-inf"))
+    zc = _scaled(z, temperature, block, eos_cols, lse.dtype)
     g = grad.to(lse.dtype)[:, None]
     hit = torch.arange(z.shape[1], device=z.device)[None, :] == y[:, None]
     return ((torch.where(hit, g, 0.0) - torch.exp(zc - lse[:, None]) * g) / temperature).to(z.dtype)
 
 
-_FUSED: dict = {}
-
-
+@functools.cache
 def _fused(fn):
     """`fn` through torch.compile: one reduction (forward) and one elementwise kernel (backward)
     that read the bf16 logits once and keep no float32 copy of them."""
-    if fn not in _FUSED:
-        _FUSED[fn] = torch.compile(fn, dynamic=True)
-    return _FUSED[fn]
+    return torch.compile(fn, dynamic=True)
 
 
 class _TemperedLogProb(torch.autograd.Function):
