@@ -424,3 +424,22 @@ def test_collate_pads_right_with_masked_labels(tok):
     assert (wide["labels"][:, width:] == -100).all() and wide["attention_mask"].sum(dim=1).tolist() == [n, width]
     with pytest.raises(ValueError, match="pad multiple 0"):
         collate([a], pad_id=0, multiple=0)
+
+
+def test_collate_packed_lays_examples_end_to_end():
+    from polychromic.data import collate_packed
+
+    a = {"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}
+    b = {"input_ids": [8, 9], "labels": [8, 9]}  # a first label that is not -100 is masked
+    c = {"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]}
+    batch = collate_packed([a, b, c])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 1, 2, 3, 4]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9, -100, -100, 3, 4]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
+    assert batch["cu_seqlens"].tolist() == [0, 3, 5, 9] and str(batch["cu_seqlens"].dtype) == "torch.int32"
+    assert batch["max_len"] == 4 and "attention_mask" not in batch
+    assert a["labels"] == [-100, 6, 7] and b["labels"] == [8, 9]  # the examples are not modified
+    with pytest.raises(ValueError, match="example 1 has 2 input_ids and 1 labels"):
+        collate_packed([a, {"input_ids": [1, 2], "labels": [1]}])
+    with pytest.raises(ValueError, match="empty batch"):
+        collate_packed([])

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from polychromic.config import LoraConfig, ModelConfig, ObjectiveConfig, load_config
-from polychromic.data import collate, encode_example
+from polychromic.data import collate, collate_packed, encode_example
 from polychromic.models import attach_lora, load_base_model, load_tokenizer
 from polychromic.training.objectives import OBJECTIVES, polychromic as poly
 from polychromic.training.objectives.sft import ce_loss, count_targets
@@ -159,11 +159,11 @@ def test_ce_normalised_over_the_whole_accumulated_batch(tiny):
     ex = [encode_example(tok, dcfg, PROMPTS[i], "ok " * (1 + 3 * i) + "done") for i in range(4)]  # unequal lengths
     pad = tok.pad_token_id
 
-    def grads_for(micro_sizes, per_micro_mean=False, multiple=1):
+    def grads_for(micro_sizes, per_micro_mean=False, multiple=1, packed=False):
         model.zero_grad(set_to_none=True)
         batches, start = [], 0
         for s in micro_sizes:
-            batches.append(collate(ex[start : start + s], pad, multiple))
+            batches.append(collate_packed(ex[start : start + s]) if packed else collate(ex[start : start + s], pad, multiple))
             start += s
         total = sum(count_targets(b) for b in batches)
         for b in batches:
@@ -177,6 +177,13 @@ def test_ce_normalised_over_the_whole_accumulated_batch(tiny):
     # trainer.pad_to_multiple_of: wider batches, padding never attended nor scored, same gradient
     assert collate(ex[:2], pad, 32)["input_ids"].shape[1] % 32 == 0
     torch.testing.assert_close(grads_for([2, 2], multiple=32), one_batch, atol=1e-6, rtol=1e-5)
+    # trainer.packed_sft: the micro-batches end to end without padding, the same loss and gradient
+    assert sum(count_targets(collate_packed(ex[i : i + 2])) for i in (0, 2)) == count_targets(collate(ex, pad))
+    torch.testing.assert_close(grads_for([2, 2], packed=True), one_batch, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads_for([4], packed=True), one_batch, atol=1e-6, rtol=1e-5)
+    _, ce_padded = ce_loss(model, collate(ex, pad), 1.0)
+    _, ce_packed = ce_loss(model, collate_packed(ex), 1.0)
+    torch.testing.assert_close(ce_packed, ce_padded, atol=1e-5, rtol=1e-6)
     # averaging per micro-batch (the usual mistake) gives a different gradient here
     assert not torch.allclose(grads_for([2, 2], per_micro_mean=True), one_batch, atol=1e-6, rtol=1e-5)
     model.train()
@@ -201,6 +208,34 @@ def test_float_penalty_trains_exactly_sft(tiny_model_dir, tmp_path):
         assert r["train/combined_loss"] == pytest.approx(r["train/quality_loss"] - 2.0 * r["train/diversity_score"])
         assert r["train/grad_norm_div"] == 0.0
     assert "train/diversity_score" not in rows_sft[0]
+
+
+def test_packed_sft_trains_the_padded_adapter(tiny_model_dir, tmp_path, monkeypatch):
+    """trainer.packed_sft=true through `polychromic train` (the per-sequence attention on a CPU):
+    the micro-batches go packed, and without dropout the adapter is the padded run's."""
+    import polychromic.training.loop as loop
+
+    seen, real = [], loop.collate_packed
+    monkeypatch.setattr(loop, "collate_packed", lambda ex: (seen.append(len(ex)), real(ex))[1])
+    common = ["trainer.max_steps=3", "objective.name=sft", "lora.dropout=0.0"]
+    padded = train(make_config(tmp_path, tiny_model_dir, common + ["experiment=padded", "trainer.packed_sft=false"]))
+    assert not seen
+    packed = train(make_config(tmp_path, tiny_model_dir, common + ["experiment=packed", "trainer.packed_sft=true"]))
+    assert seen == [2] * 6  # 3 steps x 2 micro-batches of 2
+    a, b = load_file(str(padded / "adapter" / "adapter_model.safetensors")), load_file(str(packed / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-4, msg=k)
+    rows = [[json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()] for r in (padded, packed)]
+    assert [r["train/quality_loss"] for r in rows[1]] == pytest.approx([r["train/quality_loss"] for r in rows[0]], rel=1e-5)
+    assert not torch.equal(a[next(k for k in a if "lora_B" in k)], torch.zeros_like(a[next(k for k in a if "lora_B" in k)]))
+
+
+def test_packed_sft_is_refused_with_the_reason(tiny_model_dir, tmp_path):
+    cfg = make_config(tmp_path, tiny_model_dir, ["trainer.max_steps=1", "objective.name=sft", "trainer.packed_sft=true",
+                                                 "model.gradient_checkpointing=true"])
+    with pytest.raises(ValueError, match="trainer.packed_sft: true.*gradient checkpointing"):
+        train(cfg)
 
 
 # ---------------------------------------------------------------------------------------------

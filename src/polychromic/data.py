@@ -32,7 +32,7 @@ import yaml
 
 from polychromic.config import DataConfig
 from polychromic.io import JsonlError, atomic_write_bytes, atomic_write_json, dumps, read_jsonl
-from polychromic.prompts import collate, encode_example, render_prompt, reply_ids  # noqa: F401 (re-exported)
+from polychromic.prompts import collate, collate_packed, encode_example, render_prompt, reply_ids  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 

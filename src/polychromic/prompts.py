@@ -2,7 +2,7 @@
 
 `render_prompt` / `encode_example` are called by both training and evaluation, so the evaluation
 prompt is exactly the prefix of the training sequence (tested; docs/data.md). `collate` pads a
-batch of encoded examples.
+batch of encoded examples; `collate_packed` lays them end to end in one row (a packed pass).
 """
 
 from __future__ import annotations
@@ -113,3 +113,34 @@ def collate(examples: Sequence[dict], pad_id: int, multiple: int = 1) -> dict:
         labels[i, :n] = torch.tensor(e["labels"], dtype=torch.long)
         mask[i, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def collate_packed(examples: Sequence[dict]) -> dict:
+    """The same examples as `collate`, laid end to end in one row without padding (a packed
+    pass, training/packed.py): input_ids, labels and position_ids (1, T), T = the summed
+    lengths, positions 0 .. len - 1 restarting at each example; cu_seqlens (B + 1,) int32, the
+    examples' offsets; max_len, the longest. Each example's first label is -100, so no position
+    is scored on predicting the next example's first token (it never is in `collate` either: the
+    first token of a row has no predecessor)."""
+    import numpy as np
+    import torch
+
+    if not examples:
+        raise ValueError("collate_packed: empty batch")
+    for i, e in enumerate(examples):
+        if len(e["labels"]) != len(e["input_ids"]) or not e["input_ids"]:
+            raise ValueError(f"collate_packed: example {i} has {len(e['input_ids'])} input_ids and {len(e['labels'])} "
+                             "labels (they must be equal and non-zero)")
+    lens = np.array([len(e["input_ids"]) for e in examples], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)])
+    ids = np.concatenate([np.asarray(e["input_ids"], dtype=np.int64) for e in examples])
+    labels = np.concatenate([np.asarray(e["labels"], dtype=np.int64) for e in examples])
+    labels[starts[:-1]] = -100
+    pos = np.arange(starts[-1], dtype=np.int64) - np.repeat(starts[:-1], lens)
+    return {
+        "input_ids": torch.from_numpy(ids)[None],
+        "labels": torch.from_numpy(labels)[None],
+        "position_ids": torch.from_numpy(pos)[None],
+        "cu_seqlens": torch.from_numpy(starts.astype(np.int32)),
+        "max_len": int(lens.max()),
+    }

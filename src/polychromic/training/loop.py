@@ -20,8 +20,10 @@ run killed at any point and resumed ends with the same adapter as an uninterrupt
 and loading them (and the final adapter) is checkpoint.py's; non-finite steps are guards.py's.
 
 Speed: the LoRA layers train through fast_lora.py (trainer.fast_lora), the decoder layers'
-training passes optionally through torch.compile (trainer.compile, compiled.py), and on CUDA
-the allocator starts with expandable segments (trainer.expandable_segments, allocator.py).
+training passes optionally through torch.compile (trainer.compile, compiled.py), the SFT
+micro-batches and the recompute packed without padding where the variable-length kernel runs
+(trainer.packed_sft, rollout.packed_recompute, packed.py), and on CUDA the allocator starts
+with expandable segments (trainer.expandable_segments, allocator.py).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from polychromic.config import Config
-from polychromic.data import collate, encode_example, load_split, render_prompt
+from polychromic.data import collate, collate_packed, encode_example, load_split, render_prompt
 from polychromic.models import attach_lora, load_base_model, load_embedder, load_tokenizer, pick_device
 from polychromic.models import stack_adapters
 from polychromic.rundir import ADAPTER_DIR
@@ -44,6 +46,7 @@ from polychromic.training.allocator import configure_allocator
 from polychromic.training.checkpoint import load_checkpoint, save_adapter, save_checkpoint
 from polychromic.training.guards import NonFiniteError, nonfinite_step
 from polychromic.training.monitor import Monitor
+from polychromic.training.packed import use_packed
 from polychromic.training.objectives import OBJECTIVES, Terms
 from polychromic.training.objectives.sft import ce_loss, count_targets
 from polychromic.training.rollout import generate_rollouts, rollout_seed
@@ -205,6 +208,7 @@ class _Setup:
         if t.compile:  # every decoder layer's grad-enabled passes through torch.compile (compiled.py)
             compile_layers(self.model)
         self.model.train()
+        self.packed_sft = use_packed(self.model, t.packed_sft, "trainer.packed_sft")
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
         warmup = math.ceil(t.warmup_ratio * self.total_steps)
@@ -235,8 +239,9 @@ class _Setup:
         bs = self.cfg.trainer.batch_size
         micro = []
         for j in range(0, len(idx), bs):
-            b = collate([self.examples[i] for i in idx[j : j + bs]], pad, self.cfg.trainer.pad_to_multiple_of)
-            micro.append({k: v.to(self.device) for k, v in b.items()})
+            examples = [self.examples[i] for i in idx[j : j + bs]]
+            b = collate_packed(examples) if self.packed_sft else collate(examples, pad, self.cfg.trainer.pad_to_multiple_of)
+            micro.append({k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
         return micro, [self.rows[i] for i in idx]
 
     def rollout_prompts(self, rows: list[dict]) -> tuple[list[str], list[list[int]]]:
@@ -255,7 +260,7 @@ class _Setup:
 
     @staticmethod
     def n_tokens(micro: list[dict]) -> int:
-        return int(sum(int(b["attention_mask"].sum()) for b in micro))
+        return int(sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in micro))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -122,6 +122,21 @@ def unsupported(base) -> str | None:
     return None
 
 
+def use_packed(model, setting: bool | None, key: str) -> bool:
+    """Whether a kind of training pass packs its sequences, from its config key `key`
+    (trainer.packed_sft, rollout.packed_recompute): None packs where the variable-length kernel
+    runs (a CUDA model on a torch that has it) and the model supports a packed pass; True packs
+    (on a CPU through the per-sequence attention) or raises why it cannot; False pads."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    reason = unsupported(base)
+    if setting is None:
+        return reason is None and varlen_kernel() and next(model.parameters()).is_cuda
+    if setting and reason:
+        raise ValueError(f"{key}: true, but {type(base).__name__} cannot take a packed pass: {reason}; "
+                         "set it to null (pack where possible) or false")
+    return bool(setting)
+
+
 @contextmanager
 def _attention(cfg, name: str):
     before = cfg._attn_implementation

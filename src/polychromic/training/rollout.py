@@ -30,7 +30,7 @@ from polychromic.config import RolloutConfig
 from polychromic.generation import SamplingParams, sample, warn_if_off_policy
 from polychromic.generation.params import eos_ids
 from polychromic.prompts import padded_width
-from polychromic.training.packed import PLAIN_HEAD_TYPES, packed_forward, unsupported, varlen_kernel
+from polychromic.training.packed import PLAIN_HEAD_TYPES, packed_forward, use_packed
 
 
 @dataclass
@@ -197,18 +197,8 @@ def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence
 
 
 def packing(model, setting: bool | None) -> bool:
-    """Whether the recompute packs its sequences (rollout.packed_recompute): None packs where the
-    variable-length kernel runs (a CUDA model on a torch that has it) and the model supports a
-    packed pass; True packs (on a CPU through the per-sequence attention) or raises why it cannot;
-    False pads."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    reason = unsupported(base)
-    if setting is None:
-        return reason is None and varlen_kernel() and next(model.parameters()).is_cuda
-    if setting and reason:
-        raise ValueError(f"rollout.packed_recompute: true, but {type(base).__name__} cannot take a packed pass: {reason}; "
-                         "set it to null (pack where possible) or false")
-    return bool(setting)
+    """Whether the recompute packs its sequences (rollout.packed_recompute; packed.use_packed)."""
+    return use_packed(model, setting, "rollout.packed_recompute")
 
 
 # ---------------------------------------------------------------------------------------------
