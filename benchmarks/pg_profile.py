@@ -24,7 +24,11 @@ In one process:
              place (the default under compile) and in place (fast_lora.INPLACE_UNDER_COMPILE =
              True), the graphs rebuilt between the two: the same measurements, side by side;
              (--ab packing) the same with the recompute's sequences right-padded
-             (rollout.packed_recompute false) and packed end to end (true, training/packed.py)
+             (rollout.packed_recompute false) and packed end to end (true, training/packed.py);
+             (--ab sft_packing) the same with SFT micro-batches of 16 examples whose lengths are
+             drawn uniformly between a quarter of and the full 256 tokens (seeded; real data
+             pads), right-padded (trainer.packed_sft false) and packed (true); its SFT floor
+             counts the real tokens
 
 SDPA's cuDNN backend is left out unless --cudnn-attention, as the trainer does
 (trainer.cudnn_attention).
@@ -36,6 +40,7 @@ a synchronisation, Python, a launch the CPU has not issued yet).
     PYTHONPATH=src python3 benchmarks/pg_profile.py                     # on the GPU
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab lora_add   # in place against out of place
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab packing    # padded against packed recompute
+    PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab sft_packing  # padded against packed SFT
     PYTHONPATH=src python benchmarks/pg_profile.py --shape tiny --repeats 1 --no-compile   # CPU smoke
 
 Writes pg_profile.json to --out (default $OUT) and prints a summary.
@@ -58,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
 import step_bench as sb  # noqa: E402
 
-from polychromic.data import render_prompt  # noqa: E402
+from polychromic.data import collate, collate_packed, render_prompt  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
 from polychromic.training.compiled import compile_layers, uncompile  # noqa: E402
 from polychromic.training import fast_lora  # noqa: E402
@@ -150,7 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--skip-eager", action="store_true", help="measure the compiled passes only (the compiled "
                     "gradient is then compared with nothing)")
-    ap.add_argument("--ab", choices=("lora_add", "packing"), help="the compiled passes two ways, side by side: "
+    ap.add_argument("--ab", choices=("lora_add", "packing", "sft_packing"), help="the compiled passes two ways, side by side: "
                     "the LoRA branch added out of place and in place, or the recompute padded and packed")
     ap.add_argument("--cudnn-attention", action="store_true", help="let SDPA pick cuDNN (trainer.cudnn_attention)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
@@ -181,6 +186,12 @@ def main(argv=None) -> int:
     sft_seq, sft_prompt = (64, 32) if args.shape == "tiny" else (256, 128)
     micro = sb.sft_micro(mcfg.vocab_size, 16, sft_seq, sft_prompt, 1, dev)
     res["floors"]["sft_s"] = sb.matmul_floor(counts, mcfg, [sft_seq] * 16, 16 * (sft_seq - sft_prompt), peak)
+    if args.ab == "sft_packing":  # examples of unequal lengths, padded or packed below
+        examples = sb.sft_examples(mcfg.vocab_size, 16, sft_seq // 4, sft_seq)
+        lens = [len(e["input_ids"]) for e in examples]
+        res["sft_lengths"], res["sft_padding_share"] = lens, 1 - sum(lens) / (16 * max(lens))
+        targets = sum(count_targets(collate([e], 0)) for e in examples)
+        res["floors"]["sft_s"] = sb.matmul_floor(counts, mcfg, lens, targets, peak)
     score_s = sb.median_of(lambda: poly.score_rollouts(ro, embedder, cfg.objective), args.repeats)[0]
     res["score_s"] = score_s
 
@@ -289,6 +300,16 @@ def main(argv=None) -> int:
         res["ab_packing"] = ab
         print(f"packed / padded: pg {ab['pg_packed_over_padded']:.3f}; pg gradient rel L2 between them "
               f"{ab['pg_grad_rel_l2_packed_vs_padded']:.2e}", flush=True)
+    if args.ab == "sft_packing":
+        ab = {}
+        for name, batch in (("padded", collate(examples, 0)), ("packed", collate_packed(examples))):
+            micro[:] = [{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}]
+            ab[name], _ = compiled(f"compiled, SFT {name}")
+        ab["sft_loss_packed_minus_padded"] = ab["packed"]["sft_loss"] - ab["padded"]["sft_loss"]
+        ab["sft_packed_over_padded"] = ab["packed"]["sft_s"] / ab["padded"]["sft_s"]
+        res["ab_sft_packing"] = ab
+        print(f"packed / padded: sft {ab['sft_packed_over_padded']:.3f} ({res['sft_padding_share']:.0%} of the padded "
+              f"batch is padding); loss difference {ab['sft_loss_packed_minus_padded']:.2e}", flush=True)
     if args.ab == "lora_add":
         ab: dict = {}
         grads = {}

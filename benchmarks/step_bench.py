@@ -163,6 +163,19 @@ def sft_micro(vocab: int, rows: int, seq: int, prompt: int, micro: int, device, 
     return out
 
 
+def sft_examples(vocab: int, rows: int, shortest: int, longest: int, seed: int = 0) -> list[dict]:
+    """`rows` encoded examples of random token ids, lengths drawn uniformly in [shortest, longest]
+    (seeded), the first half of each a prompt (labels -100): micro-batches with padding, as real
+    data gives them, for data.collate / collate_packed."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(shortest, longest + 1, (rows,), generator=g).tolist()
+    out = []
+    for n in lens:
+        ids = torch.randint(4, vocab, (n,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * (n // 2) + ids[n // 2 :]})
+    return out
+
+
 def sft_pass(model, micro: list[dict]) -> None:
     n_tgt = sum(count_targets(b) for b in micro)
     for b in micro:
