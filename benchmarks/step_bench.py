@@ -12,7 +12,10 @@ process:
 
   ceilings   device-to-device copy (bytes read + written), bf16 8192^3 matmul on random data
   rollouts   generation.sample through generate_rollouts (8 x 5 x 100): first call, median of 3
-  optimizer  clip_grad_norm_ + AdamW step on the 43.6 M adapter parameters
+  optimizer  the trainer's bookkeeping after the two backwards on the 43.6 M adapter parameters
+             (each term's gradient norm, their sum, clip_grad_norm_, AdamW step): the trainer's
+             (fused AdamW on CUDA, multi-tensor norms and sum) beside the former (multi-tensor
+             AdamW, a norm and an add per tensor), in optimizer_ab
   then for each LoRA path of --lora in turn (fast: training/fast_lora.py, the trainer's default;
   peft: peft's own layer forward), side by side in the table:
   pg         rollout_term's score + recompute + backward over the 40 sequences: batched across
@@ -20,7 +23,7 @@ process:
              former schedule), each with its first call, passes and peak memory
   sft        16 x 256 tokens (128 prompt + 128 reply) in one pass (the shipped setting) and as
              4 micro-batches of 4 with gradient checkpointing (the former one)
-  step       the whole optimizer step in the trainer's order (SFT, rollouts, pg, clip, AdamW),
+  step       the whole optimizer step in the trainer's order (SFT, rollouts, pg, norms, clip, AdamW),
              repeats + 1 times (every total kept; the median leaves out the first)
   and, on the first path:
   sdpa       attention with padding (sdpa_probes.py): which SDPA kernels return NaN on a fully
@@ -66,7 +69,7 @@ from polychromic.data import render_prompt  # noqa: E402
 from polychromic.generation import SamplingParams, sample  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
 from polychromic.models import attach_lora, load_embedder  # noqa: E402
-from polychromic.training.loop import _set_grads, _take_grads  # noqa: E402
+from polychromic.training.loop import _norm, _set_grads, _take_grads, make_optimizer  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.objectives.sft import ce_loss, count_targets  # noqa: E402
 from polychromic.training import fast_lora  # noqa: E402
@@ -208,12 +211,14 @@ def whole_step(model, tok, cfg, embedder, micro, texts, prompt_ids, opt, params,
 
     sft_pass(model, micro)
     g_ce = _take_grads(params, ONE)
+    _norm(g_ce)  # the trainer logs each term's gradient norm
     mark("sft")
     ro = generate_rollouts(model, tok, texts, prompt_ids, cfg.rollout, rollout_seed(cfg.seed, step))
     mark("rollouts")
     terms = poly.rollout_term(model, ro, embedder, cfg, lambda loss: loss.backward())
     mark("pg")
     g_div = _take_grads(params, ONE)
+    _norm(g_div)
     _set_grads(params, g_ce, g_div)
     torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
     opt.step()
@@ -383,22 +388,41 @@ def main(argv=None) -> int:
         return q, dist
     res["score_s"] = median_of(score, args.repeats)[0]
 
-    # -- optimizer (the same on either LoRA path)
-    opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    # -- optimizer (the same on either LoRA path): the trainer's bookkeeping after the two
+    # backwards (both terms' norms, their sum, clip, AdamW), with the trainer's optimizer and,
+    # side by side, the former one (torch's default multi-tensor AdamW, per-tensor norms)
     grads = [torch.randn_like(p) * 1e-3 for p in params]
 
-    def opt_step():
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
+    def per_tensor_norm(gs):
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in gs])))
+
+    def opt_step(opt, norm, add):
+        g_ce = [g.clone() for g in grads]
+        g_div = [g.clone() for g in grads]
         sync()
         t0 = time.perf_counter()
+        norm(g_ce), norm(g_div)
+        add(params, g_ce, g_div)
         torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync()
         return time.perf_counter() - t0
-    opt_step()
-    res["optimizer_s"] = statistics.median(opt_step() for _ in range(max(3, args.repeats)))
+
+    def per_tensor_add(ps, g_ce, g_div):
+        for p, a, b in zip(ps, g_ce, g_div):
+            p.grad = a + b
+
+    variants = {"shipped": (make_optimizer(params, cfg.trainer.lr, cfg.trainer.weight_decay), _norm, _set_grads),
+                "foreach_per_tensor": (torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay),
+                                       per_tensor_norm, per_tensor_add)}
+    res["optimizer_ab"] = {}
+    for name, (o, norm, add) in variants.items():
+        opt_step(o, norm, add)
+        res["optimizer_ab"][name] = statistics.median(opt_step(o, norm, add) for _ in range(max(3, args.repeats)))
+    res["optimizer_ab"]["fused"] = bool(variants["shipped"][0].defaults["fused"])
+    res["optimizer_s"] = res["optimizer_ab"]["shipped"]
+    opt = variants["shipped"][0]
     res["floors"]["optimizer_s"] = 7 * 4 * counts["lora"] / bw
 
     # -- per LoRA path, in turn: the policy-gradient term, SFT, the whole step
@@ -475,7 +499,8 @@ def summary(res: dict) -> None:
     rows.append(("SFT 16 x 256, one pass", each(lambda r: r["sft_16x256"]["seconds"]), fl["sft_s"]))
     if "sft_4x4x256_ckpt" in lora[paths[0]]:
         rows.append(("SFT 4 x (4 x 256), checkpointing", each(lambda r: r["sft_4x4x256_ckpt"]["seconds"]), fl["sft_s"]))
-    rows.append(("clip + AdamW", [res["optimizer_s"]] * len(paths), fl["optimizer_s"]))
+    rows.append(("norms, sum, clip + AdamW", [res["optimizer_s"]] * len(paths), fl["optimizer_s"]))
+    rows.append(("  the same, former (per tensor)", [res["optimizer_ab"]["foreach_per_tensor"]] * len(paths), fl["optimizer_s"]))
     rows.append(("whole polychromic step (median)", each(lambda r: r["step"]["median"]["total"]), fl["step_s"]))
     rows.append(("whole polychromic step (slowest)", each(lambda r: max(r["step"]["all_totals"])), fl["step_s"]))
     head = "".join(f" {p + ' s':>9s} {'x floor':>8s}" for p in paths)

@@ -171,3 +171,24 @@ def test_cli_train_subprocess(tmp_path, tiny_model_dir):
     bad = subprocess.run([sys.executable, "-m", "polychromic", "train", str(path), "trainer.lr=-1"], capture_output=True, text=True,
                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO_SRC)})
     assert bad.returncode == 2 and "trainer.lr: must be > 0" in bad.stderr
+
+
+def test_gradient_bookkeeping_known_answers():
+    """The loop's per-step bookkeeping: each parameter's gradient is its CE term plus its rollout
+    term, the logged norms are the L2 norm over all tensors, and AdamW is torch's fused kernel
+    only where the parameters are on CUDA."""
+    from polychromic.training.loop import _norm, _set_grads, make_optimizer
+
+    params = [torch.zeros(2, requires_grad=True), torch.zeros(1, 3, requires_grad=True)]
+    g_ce = [torch.tensor([1.0, 2.0]), torch.tensor([[2.0, 0.0, 0.0]])]
+    g_div = [torch.tensor([0.5, -2.0]), torch.tensor([[0.0, 4.0, 0.0]])]
+    assert _norm(g_ce) == pytest.approx(3.0) and _norm(g_div) == pytest.approx(math.sqrt(20.25))
+    _set_grads(params, g_ce, None)
+    assert params[0].grad is g_ce[0] and params[1].grad is g_ce[1]
+    _set_grads(params, g_ce, g_div)
+    assert params[0].grad.tolist() == [1.5, 0.0] and params[1].grad.tolist() == [[2.0, 4.0, 0.0]]
+    assert _norm([p.grad for p in params]) == pytest.approx(math.sqrt(1.5**2 + 4 + 16))
+    assert not make_optimizer(params, 1e-3, 0.01).defaults["fused"]
+    if torch.cuda.is_available():
+        cuda = [torch.zeros(4, device="cuda", requires_grad=True)]
+        assert make_optimizer(cuda, 1e-3, 0.01).defaults["fused"]
