@@ -59,6 +59,7 @@ from polychromic.io import atomic_write_json  # noqa: E402
 from polychromic.training.allocator import configure_allocator  # noqa: E402
 from polychromic.generation import fast as fastgen  # noqa: E402
 from polychromic.training.compiled import compile_layers, uncompile  # noqa: E402
+from polychromic.training.loop import make_optimizer  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.rollout import generate_rollouts, packing, rollout_seed  # noqa: E402
 
@@ -101,7 +102,7 @@ def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) ->
     padded) and whether the process had met that width before under the same attention setting."""
     model, tok, cfg, embedder, texts = sb.setup(args.shape, dev, dtype, work, lora=paths[0])
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=LR, weight_decay=cfg.trainer.weight_decay)
+    opt = make_optimizer(params, LR, cfg.trainer.weight_decay)  # the trainer's (fused on CUDA)
     m = cfg.rollout.max_examples_for_diversity
     out, seen = {}, set()
     for path, variant in [(paths[0], v) for v in variants] + [(p, "sdpa") for p in paths[1:]]:
