@@ -10,6 +10,9 @@
 #                                               # generate, then continuous batching, then under SDPA with and
 #                                               # without cuDNN), one process; installs the wheels of
 #                                               # ${WHEELS:-.whl2} into /tmp/site first
+#   bash benchmarks/device_all.sh ab OUTDIR     # the shipped settings' A/Bs: pg_profile.py --ab sft_packing (SFT
+#                                               # micro-batches padded and packed), then step_bench.py --compile
+#                                               # (every stage; optimizer_ab: the trainer's bookkeeping and the former)
 #   bash benchmarks/device_all.sh run OUTDIR    # moderate_run.py: the whole moderate run through `polychromic
 #                                               # train` under a 76 GiB cap (model folder in ${BENCH_WORK:-/root/bench})
 #
@@ -21,8 +24,8 @@ set -uo pipefail
 
 mode=${1:-}
 out=${2:-}
-if [[ -z $out || ! $mode =~ ^(step|peer|run)$ ]]; then
-  echo "usage: bash benchmarks/device_all.sh step|peer|run OUTDIR" >&2
+if [[ -z $out || ! $mode =~ ^(step|peer|ab|run)$ ]]; then
+  echo "usage: bash benchmarks/device_all.sh step|peer|ab|run OUTDIR" >&2
   exit 2
 fi
 cd "$(dirname "$0")/.."
@@ -61,6 +64,12 @@ case $mode in
     run 380 python3 benchmarks/step_bench.py "${step_args[@]}" --skip old_sft$skip_more --lora fast,peft --out "$out" || status=$?
     run 190 python3 benchmarks/step_bench.py "${step_args[@]}" --skip old_sft,old_pg,sdpa,eval --lora fast \
       --no-expandable-segments --name step_bench_default_segments --out "$out" || status=$?
+    ;;
+  ab)
+    run 250 python3 benchmarks/pg_profile.py "${step_args[@]}" --skip-eager --no-profile --ab sft_packing \
+      --out "$out" || status=$?
+    run 320 python3 benchmarks/step_bench.py "${step_args[@]}" --skip old_sft,old_pg,sdpa$skip_more --lora fast --compile \
+      --name step_bench_shipped --out "$out" || status=$?
     ;;
   peer)
     wheels=${WHEELS:-.whl2}

@@ -291,3 +291,33 @@ def test_fused_tempered_logprobs_equal_the_chunked_ones_on_a_gpu():
         out.append((lp.detach(), zz.grad.float()))
     torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[1][1], out[0][1], rtol=0, atol=2e-3)
+
+
+def test_attention_dropout_is_off_in_the_recompute_and_keeps_sft_unpacked():
+    """A config with attention dropout: the recompute (dropout_off) runs without it, as the
+    sampler did, the rate is restored after; a packed SFT pass, which would have to apply it, is
+    not chosen by default and refused when asked for, with the reason."""
+    from test_fast_lora import tiny
+
+    model = tiny("qwen3")
+    attn = [m for m in model.modules() if isinstance(getattr(m, "attention_dropout", None), float)]
+    assert len(attn) == 2
+    model.get_base_model().config.attention_dropout = 0.5
+    for m in attn:
+        m.attention_dropout = 0.5
+    ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model.eval()(input_ids=ids, use_cache=False).logits
+        model.train()
+        torch.manual_seed(1)
+        assert not torch.allclose(model(input_ids=ids, use_cache=False).logits, ref)  # dropout on in train mode
+        with poly.dropout_off(model):
+            off = model(input_ids=ids, use_cache=False).logits
+    assert torch.allclose(off, ref, atol=1e-6) and model.training
+    assert [m.attention_dropout for m in attn] == [0.5, 0.5]
+
+    assert packed_mod.use_packed(model, None, "trainer.packed_sft", training=True) is False
+    with pytest.raises(ValueError, match=r"trainer.packed_sft: true, but Qwen3ForCausalLM cannot take a packed pass: "
+                                         r"its attention dropout \(0.5\) applies in training"):
+        packed_mod.use_packed(model, True, "trainer.packed_sft", training=True)
+    assert packed_mod.use_packed(model, True, "rollout.packed_recompute", training=False) is True

@@ -208,7 +208,7 @@ class _Setup:
         if t.compile:  # every decoder layer's grad-enabled passes through torch.compile (compiled.py)
             compile_layers(self.model)
         self.model.train()
-        self.packed_sft = use_packed(self.model, t.packed_sft, "trainer.packed_sft")
+        self.packed_sft = use_packed(self.model, t.packed_sft, "trainer.packed_sft", training=True)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = make_optimizer(self.params, t.lr, t.weight_decay)
         warmup = math.ceil(t.warmup_ratio * self.total_steps)

@@ -105,10 +105,15 @@ def _register() -> None:
         _REGISTERED = True
 
 
-def unsupported(base) -> str | None:
+def unsupported(base, training: bool = False) -> str | None:
     """Why `base` (a transformers causal LM, not the peft wrapper) cannot take a packed pass, or
-    None when it can."""
+    None when it can. `training`: the pass runs with dropout on (SFT), where the config's
+    attention dropout would apply and the packed attention has none (packed_attention refuses
+    a non-zero dropout when called)."""
     cfg = base.config
+    p = float(getattr(cfg, "attention_dropout", 0.0) or 0.0)
+    if training and p > 0:
+        return f"its attention dropout ({p:g}) applies in training, and the packed attention has no dropout"
     if getattr(cfg, "model_type", None) not in PLAIN_HEAD_TYPES or not hasattr(base, "model"):
         return f"model type {getattr(cfg, 'model_type', None)!r} is not one of {', '.join(PLAIN_HEAD_TYPES)}"
     if type(getattr(base, "lm_head", None)) is not torch.nn.Linear:
@@ -122,13 +127,14 @@ def unsupported(base) -> str | None:
     return None
 
 
-def use_packed(model, setting: bool | None, key: str) -> bool:
+def use_packed(model, setting: bool | None, key: str, training: bool) -> bool:
     """Whether a kind of training pass packs its sequences, from its config key `key`
-    (trainer.packed_sft, rollout.packed_recompute): None packs where the variable-length kernel
-    runs (a CUDA model on a torch that has it) and the model supports a packed pass; True packs
-    (on a CPU through the per-sequence attention) or raises why it cannot; False pads."""
+    (trainer.packed_sft, with dropout, rollout.packed_recompute, without, as `training` says):
+    None packs where the variable-length kernel runs (a CUDA model on a torch that has it) and
+    the model supports a packed pass; True packs (on a CPU through the per-sequence attention)
+    or raises why it cannot; False pads."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    reason = unsupported(base)
+    reason = unsupported(base, training)
     if setting is None:
         return reason is None and varlen_kernel() and next(model.parameters()).is_cuda
     if setting and reason:

@@ -198,7 +198,7 @@ def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence
 
 def packing(model, setting: bool | None) -> bool:
     """Whether the recompute packs its sequences (rollout.packed_recompute; packed.use_packed)."""
-    return use_packed(model, setting, "rollout.packed_recompute")
+    return use_packed(model, setting, "rollout.packed_recompute", training=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -302,15 +302,23 @@ def eos_blocked(ro: Rollouts) -> tuple[int, list[int]]:
 @contextmanager
 def dropout_off(model):
     """Recompute log-probs without dropout (the samples came from the model in eval mode), but
-    keep the model in train mode so gradient checkpointing stays active."""
+    keep the model in train mode so gradient checkpointing stays active: the Dropout modules
+    (LoRA's) go to eval mode, and attention modules' dropout rate (transformers' attention
+    reads `attention_dropout` in train mode) is 0 meanwhile."""
     drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
+    rates = [(m, m.attention_dropout) for m in model.modules() if isinstance(getattr(m, "attention_dropout", None), float)
+             and m.attention_dropout > 0]
     for m in drops:
         m.eval()
+    for m, _ in rates:
+        m.attention_dropout = 0.0
     try:
         yield
     finally:
         for m in drops:
             m.train()
+        for m, rate in rates:
+            m.attention_dropout = rate
 
 
 def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[[torch.Tensor], None]) -> Terms:
