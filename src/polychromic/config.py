@@ -234,9 +234,9 @@ class TrainerConfig:
     within each through a variable-length kernel (training/packed.py), so no projection, norm
     or MLP runs on padding; the loss and its gradient are the padded batch's (up to float
     summation order; LoRA dropout draws its random numbers in another order). None = where that
-    kernel runs (CUDA) and the model allows it (not under gradient checkpointing), False =
-    right-padded micro-batches (pad_to_multiple_of applies), True = packed or an error saying
-    why not."""
+    kernel runs (CUDA) and the model allows it (not under gradient checkpointing, no attention
+    dropout in its config), False = right-padded micro-batches (pad_to_multiple_of applies),
+    True = packed or an error saying why not."""
     expandable_segments: bool = True
     """On CUDA, start the caching allocator with expandable segments (PYTORCH_ALLOC_CONF, or
     PYTORCH_CUDA_ALLOC_CONF on torch before 2.9, = expandable_segments:True), so the SFT pass,
