@@ -28,7 +28,10 @@ In one process:
              (--ab sft_packing) the same with SFT micro-batches of 16 examples whose lengths are
              drawn uniformly between a quarter of and the full 256 tokens (seeded; real data
              pads), right-padded (trainer.packed_sft false) and packed (true); its SFT floor
-             counts the real tokens
+             counts the real tokens;
+             (--ab shared_prompts) the same with the packed recompute running a prompt once
+             per sample (rollout.share_prompts false) and once for its N samples (true, the
+             default); floors_shared is the floor of the shared layout's tokens
 
 SDPA's cuDNN backend is left out unless --cudnn-attention, as the trainer does
 (trainer.cudnn_attention).
@@ -41,6 +44,7 @@ a synchronisation, Python, a launch the CPU has not issued yet).
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab lora_add   # in place against out of place
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab packing    # padded against packed recompute
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab sft_packing  # padded against packed SFT
+    PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab shared_prompts  # a prompt per sample against shared
     PYTHONPATH=src python benchmarks/pg_profile.py --shape tiny --repeats 1 --no-compile   # CPU smoke
 
 Writes pg_profile.json to --out (default $OUT) and prints a summary.
@@ -155,7 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--skip-eager", action="store_true", help="measure the compiled passes only (the compiled "
                     "gradient is then compared with nothing)")
-    ap.add_argument("--ab", choices=("lora_add", "packing", "sft_packing"), help="the compiled passes two ways, side by side: "
+    ap.add_argument("--ab", choices=("lora_add", "packing", "sft_packing", "shared_prompts"), help="the compiled passes two ways, side by side: "
                     "the LoRA branch added out of place and in place, or the recompute padded and packed")
     ap.add_argument("--cudnn-attention", action="store_true", help="let SDPA pick cuDNN (trainer.cudnn_attention)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
@@ -183,6 +187,9 @@ def main(argv=None) -> int:
     res["pg_tokens"], res["pg_width"] = sum(seqs), max(seqs)
     res["pg_width_second_batch"] = max(len(ro2.prompt_ids[i]) + len(y) for i in range(m) for y in ro2.completion_ids[i])
     res["floors"] = {"pg_s": sb.matmul_floor(counts, mcfg, seqs, ro.n_tokens(), peak)}
+    shared = sb.shared_prefixes(ro)
+    res["pg_tokens_shared"] = sum(seqs) - sum(shared)
+    res["floors"]["pg_shared_s"] = sb.matmul_floor(counts, mcfg, seqs, ro.n_tokens(), peak, shared=shared)
     sft_seq, sft_prompt = (64, 32) if args.shape == "tiny" else (256, 128)
     micro = sb.sft_micro(mcfg.vocab_size, 16, sft_seq, sft_prompt, 1, dev)
     res["floors"]["sft_s"] = sb.matmul_floor(counts, mcfg, [sft_seq] * 16, 16 * (sft_seq - sft_prompt), peak)
@@ -196,9 +203,10 @@ def main(argv=None) -> int:
     res["score_s"] = score_s
 
     packed: list = [None]  # rollout.packed_recompute for the passes below (None: the trainer's default)
+    share: list = [True]  # rollout.share_prompts for the passes below (True: the default)
 
     def pg(batch=ro, rows=None):
-        c = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, packed_recompute=packed[0]))
+        c = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, packed_recompute=packed[0], share_prompts=share[0]))
         sb.pg_pass(model, batch, embedder, c, rows)
 
     def two_pass() -> tuple[float, torch.Tensor]:
@@ -300,6 +308,21 @@ def main(argv=None) -> int:
         res["ab_packing"] = ab
         print(f"packed / padded: pg {ab['pg_packed_over_padded']:.3f}; pg gradient rel L2 between them "
               f"{ab['pg_grad_rel_l2_packed_vs_padded']:.2e}", flush=True)
+    if args.ab == "shared_prompts":
+        ab, grads = {}, {}
+        packed[0] = True  # sharing is a packed pass's (on a CPU: the per-sequence attention)
+        for name, setting in (("per_sample", False), ("shared", True)):
+            share[0] = setting
+            ab[name], grads[name] = compiled(f"compiled, prompts {name.replace('_', ' ')}")
+        share[0], packed[0] = True, None
+        ab["shared"]["pg_x_floor_shared"] = ab["shared"]["pg_s"] / res["floors"]["pg_shared_s"]
+        ab["pg_grad_rel_l2_shared_vs_per_sample"] = rel_l2(grads["shared"], grads["per_sample"])
+        ab["pg_shared_over_per_sample"] = ab["shared"]["pg_s"] / ab["per_sample"]["pg_s"]
+        res["ab_shared_prompts"] = ab
+        print(f"shared / per sample: pg {ab['pg_shared_over_per_sample']:.3f} ({res['pg_tokens_shared']} tokens against "
+              f"{res['pg_tokens']}; shared {ab['shared']['pg_x_floor_shared']:.2f}x the floor of its tokens "
+              f"{res['floors']['pg_shared_s']:.3f} s); pg gradient rel L2 between them "
+              f"{ab['pg_grad_rel_l2_shared_vs_per_sample']:.2e}", flush=True)
     if args.ab == "sft_packing":
         ab = {}
         for name, batch in (("padded", collate(examples, 0)), ("packed", collate_packed(examples))):

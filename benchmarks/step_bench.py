@@ -133,12 +133,23 @@ def param_counts(model) -> dict:
             "lora": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
-def matmul_floor(counts: dict, cfg, seqs: list[int], logit_positions: int, peak: float, recompute: bool = False) -> float:
-    """Seconds of a LoRA forward + backward over sequences of the given lengths (module docstring)."""
-    tokens = sum(seqs)
+def matmul_floor(counts: dict, cfg, seqs: list[int], logit_positions: int, peak: float, recompute: bool = False,
+                 shared: list[int] = ()) -> float:
+    """Seconds of a LoRA forward + backward over sequences of the given lengths (module docstring).
+    shared[i]: the leading tokens of sequence i that a pass does not run again (a prompt it
+    shares with an earlier sequence, rollout.share_prompts); its queries still attend to them."""
+    shared = list(shared) or [0] * len(seqs)
+    tokens = sum(seqs) - sum(shared)
     per_weight = 6 if recompute else 4
-    attn = (12 if recompute else 8) * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * sum(s * s for s in seqs) / 2
+    pairs = sum(s * s - p * p for s, p in zip(seqs, shared))
+    attn = (12 if recompute else 8) * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * pairs / 2
     return (per_weight * (counts["body_linear"] * tokens + counts["lm_head"] * logit_positions) + attn) / peak
+
+
+def shared_prefixes(ro) -> list[int]:
+    """Per recomputed sequence (prompt by prompt, sample by sample): the prompt tokens a packed
+    pass with shared prompts does not run again (all but the first sample's)."""
+    return [len(p) if j else 0 for p, group in zip(ro.prompt_ids, ro.completion_ids) for j in range(len(group))]
 
 
 def rollout_floor(counts: dict, cfg, prompts: list[list[int]], n: int, new: int, bw: float, peak: float, elem: int) -> dict:
@@ -380,6 +391,9 @@ def main(argv=None) -> int:
     res["floors"]["pg_s"] = matmul_floor(counts, mcfg, seqs, ro.n_tokens(), peak)
     res["floors"]["pg_recompute_s"] = matmul_floor(counts, mcfg, seqs, ro.n_tokens(), peak, recompute=True)
     res["pg_tokens"] = sum(seqs)
+    shared = shared_prefixes(ro)
+    res["floors"]["pg_shared_s"] = matmul_floor(counts, mcfg, seqs, ro.n_tokens(), peak, shared=shared)
+    res["pg_tokens_shared"] = sum(seqs) - sum(shared)
     print(f"rollouts {roll:.3f} s (first {first:.1f} s), floor {res['floors']['rollout']['rollout_s']:.3f} s; {sum(seqs)} pg tokens", flush=True)
 
     # -- scoring alone (embeddings, distances, advantages)
@@ -443,6 +457,7 @@ def main(argv=None) -> int:
             if key in r:
                 r[key]["seconds_minus_score"] = r[key]["seconds"] - res["score_s"]
                 r[key]["x_floor"] = r[key]["seconds_minus_score"] / fl["pg_s"]
+                r[key]["x_floor_shared"] = r[key]["seconds_minus_score"] / fl["pg_shared_s"]
         for key, _, _ in one:
             r[key]["x_floor"] = r[key]["seconds"] / fl["sft_s"]
         r["step"]["x_floor"] = r["step"]["median"]["total"] / fl["step_s"]

@@ -5,6 +5,7 @@ LoRA path) against a plain group-by-group reference that runs every sequence on 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from polychromic.config import LoraConfig, ModelConfig, load_config
 from polychromic.models import attach_lora, load_base_model, load_tokenizer
@@ -84,6 +85,50 @@ def test_pack_packed_lays_sequences_end_to_end_with_restarting_positions():
         pack_packed([[]], [[1]], "cpu")
     with pytest.raises(ValueError, match="2 prompts for 1 completions"):
         pack_packed([[1], [2]], [[1]], "cpu")
+
+
+def test_pack_packed_shares_a_prompt_among_the_samples_that_follow_it():
+    p = [[5, 6, 7], [5, 6, 7], [8], [5, 6, 7], [8], [8]]
+    y = [[1, 2], [3], [4, 9], [10, 11], [], [12]]
+    b = pack_packed(p, y, "cpu")
+    # [5,6,7]+[1,2] | [3] | [8]+[4,9] | [5,6,7]+[10,11] (not after its like) | [8]+[] (empty: its own) | [12]
+    assert b["input_ids"].tolist() == [[5, 6, 7, 1, 2, 3, 8, 4, 9, 5, 6, 7, 10, 11, 8, 12]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3, 0, 1, 2, 0, 1, 2, 3, 4, 0, 1]]
+    assert b["cu_seqlens"].tolist() == [0, 5, 6, 9, 14, 15, 16] and b["max_len"] == 5
+    assert b["cu_seqlens_k"].tolist() == [0, 5, 9, 12, 17, 18, 20] and b["max_len_k"] == 5
+    assert b["cu_seqlens_k"].dtype == torch.int32
+    assert b["kv_index"].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 14, 15]
+    # token 0 of a shared completion is predicted at its prompt copy's last token
+    assert b["logit_index"].tolist() == [[2, 3], [2, 0], [6, 7], [11, 12], [0, 0], [14, 0]]
+    assert b["completion_ids"].tolist() == [[1, 2], [3, 0], [4, 9], [10, 11], [0, 0], [12, 0]]
+    assert b["completion_mask"].tolist() == [[1, 1], [1, 0], [1, 1], [1, 1], [0, 0], [1, 0]]
+    # without sharing: the layout of one prompt copy per sequence, and no key-side tensors
+    flat = pack_packed(p, y, "cpu", share_prompts=False)
+    assert "kv_index" not in flat and flat["input_ids"].shape[1] == sum(map(len, p)) + sum(map(len, y))
+    assert flat["cu_seqlens"].tolist() == [0, 5, 9, 12, 17, 18, 20]
+    assert "kv_index" not in pack_packed([[5], [6]], [[1], [2]], "cpu")  # nothing to share
+
+
+def test_shared_prompt_attention_is_bottom_right_causal():
+    """The per-segment attention of a shared prompt against SDPA over the whole sequence."""
+    g = torch.Generator().manual_seed(1)
+    heads, kv_heads, d = 4, 2, 8
+    prompt, comps = 5, (3, 4, 1)
+    full = [torch.randn(prompt + c, heads + 2 * kv_heads, d, generator=g, dtype=torch.float64) for c in comps]
+    for f in full[1:]:
+        f[:prompt] = full[0][:prompt]  # one prompt, three samples: the prompt's q, k, v are the same
+    ref = [F.scaled_dot_product_attention(*(f[:, s:e].transpose(0, 1) for s, e in ((0, heads), (heads, heads + kv_heads),
+                                           (heads + kv_heads, heads + 2 * kv_heads))), is_causal=True,
+                                           enable_gqa=True).transpose(0, 1) for f in full]
+    b = pack_packed([list(range(prompt))] * 3, [list(range(c)) for c in comps], "cpu")
+    row = torch.cat([full[0]] + [f[prompt:] for f in full[1:]])  # the packed row's tokens
+    q, k, v = row[:, :heads], row[:, heads : heads + kv_heads], row[:, heads + kv_heads :]
+    out, _ = packed_mod.packed_attention(None, q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], None,
+                                         **{packed_mod.CU_SEQLENS: b["cu_seqlens"], packed_mod.MAX_LEN: b["max_len"],
+                                            packed_mod.KV_INDEX: b["kv_index"], packed_mod.CU_SEQLENS_K: b["cu_seqlens_k"],
+                                            packed_mod.MAX_LEN_K: b["max_len_k"]})
+    want = torch.cat([ref[0]] + [r[prompt:] for r in ref[1:]])
+    torch.testing.assert_close(out[0], want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +245,27 @@ def test_packing_is_chosen_where_it_runs_and_refused_with_the_reason(tiny):
         packed_mod.packed_attention(None, *(torch.zeros(1, 2, 3, 4) for _ in range(3)), None)
 
 
+def test_the_recompute_stays_without_dropout_after_a_kl_reference_pass(tiny):
+    """peft puts its layers' dropout back in the model's (train) mode when disable_adapter()
+    exits: the passes after a KL reference pass must still run without dropout."""
+    model, _ = tiny
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(m.training and m.p == 0.1 for m in drops)
+    batch = pack([[5, 6, 7, 9]], [[1, 2, 3]], 0, "cpu")
+    with poly.dropout_off(model):
+        first = token_logprobs(model, batch, 0.7).detach()
+        with torch.no_grad(), poly.adapter_disabled(model):
+            ref = token_logprobs(model, batch, 0.7)
+        assert all(not m.training and m.p == 0.0 for m in drops)
+        for _ in range(3):
+            torch.testing.assert_close(token_logprobs(model, batch, 0.7).detach(), first, rtol=0, atol=0)
+        with torch.no_grad(), model.disable_adapter():  # peft's own: the mode comes back, the rate stays 0
+            pass
+        torch.testing.assert_close(token_logprobs(model, batch, 0.7).detach(), first, rtol=0, atol=0)
+    assert all(m.training and m.p == 0.1 for m in drops) and model.training
+    assert not torch.equal(ref, first)  # the reference policy is another one (LoRA B is not zero)
+
+
 def test_token_logprobs_rejects_an_eos_inside_the_min_new_tokens_block(tiny):
     model, tok = tiny
     batch = pack([[5, 6]], [[7, 8, 9]], 0, "cpu")
@@ -255,24 +321,29 @@ def test_packed_pass_through_the_varlen_kernel_matches_the_padded_pass_on_a_gpu(
                 p.normal_(0, 0.05)
     assert packing(model, None) is True  # the default on a GPU with the kernel
     g = torch.Generator().manual_seed(3)
+    # three samples of one prompt (shared in the packed row), one alone, two of another
     p = [torch.randint(5, 200, (int(n),), generator=g).tolist() for n in (7, 19, 3, 12)]
-    y = [torch.randint(5, 200, (int(n),), generator=g).tolist() for n in (9, 4, 15, 1)]
+    p = [p[0], p[0], p[0], p[1], p[2], p[2]]
+    y = [torch.randint(5, 200, (int(n),), generator=g).tolist() for n in (9, 4, 15, 1, 6, 11)]
+    w = torch.randn(len(p), 15, generator=g).to("cuda")
     if compiled:
         compile_layers(model)
-    grads = []
+    out = []
     try:
-        for batch in (pack(p, y, 0, "cuda"), pack_packed(p, y, "cuda")):
+        for batch in (pack(p, y, 0, "cuda"), pack_packed(p, y, "cuda", share_prompts=False), pack_packed(p, y, "cuda")):
             lp = token_logprobs(model, batch, 0.9)
-            (lp * batch["completion_mask"]).sum().backward()
-            grads.append(torch.cat([q.grad.flatten().float() for q in model.parameters() if q.grad is not None]))
-            grads.append(lp.detach().float())
+            (lp * batch["completion_mask"] * w).sum().backward()
+            out.append((torch.cat([q.grad.flatten().float() for q in model.parameters() if q.grad is not None]),
+                        lp.detach().float()))
             model.zero_grad(set_to_none=True)
     finally:
         uncompile(model)
         torch._dynamo.reset()
-    (g_pad, lp_pad), (g_packed, lp_packed) = grads[:2], grads[2:]
-    torch.testing.assert_close(lp_packed, lp_pad, rtol=0, atol=0.06)  # bf16 rounding of a different schedule
-    assert float((g_packed - g_pad).norm() / g_pad.norm()) < 0.05
+    assert "kv_index" in batch  # the last layout shared its prompts
+    (g_pad, lp_pad) = out[0]
+    for g_packed, lp_packed in out[1:]:
+        torch.testing.assert_close(lp_packed, lp_pad, rtol=0, atol=0.06)  # bf16 rounding of a different schedule
+        assert float((g_packed - g_pad).norm() / g_pad.norm()) < 0.05
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the fused log-softmax is the GPU default")

@@ -119,6 +119,11 @@ class RolloutConfig:
     """Lay the recomputed sequences end to end without padding and attend within each through a
     variable-length kernel (training/packed.py); None = where that kernel runs (CUDA) and the
     model allows it, False = right-padded passes, True = packed or an error saying why not."""
+    share_prompts: bool = True
+    """In a packed recompute, run each prompt once for its N samples: the samples' tokens attend
+    to the one copy of the prompt (rollout.pack_packed), and the prompt's activations take the
+    sum of their gradients. The same log-probs and gradient as one prompt copy per sample, with
+    (N - 1) x prompt length fewer tokens per group. False = a prompt copy per sample."""
 
 
 @dataclass

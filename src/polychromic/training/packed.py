@@ -32,6 +32,9 @@ import torch.nn.functional as F
 PACKED_ATTENTION = "polychromic_packed"
 CU_SEQLENS = "polychromic_cu_seqlens"
 MAX_LEN = "polychromic_max_len"
+KV_INDEX = "polychromic_kv_index"
+CU_SEQLENS_K = "polychromic_cu_seqlens_k"
+MAX_LEN_K = "polychromic_max_len_k"
 
 try:
     from torch.nn.attention.varlen import varlen_attn as _varlen_attn
@@ -48,7 +51,9 @@ def varlen_kernel() -> bool:
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs):
     """transformers attention-function signature: query (1, H, T, D), key/value (1, KV, T, D)
-    of a packed row; returns ((1, T, H, D), None)."""
+    of a packed row; returns ((1, T, H, D), None). With a KV_INDEX (a shared prompt,
+    rollout.pack_packed), each segment's keys and values are gathered from the row at those
+    positions and its queries attend to them through the bottom-right aligned causal mask."""
     cu, max_len = kwargs.get(CU_SEQLENS), kwargs.get(MAX_LEN)
     if cu is None or max_len is None:
         raise RuntimeError(f"{PACKED_ATTENTION} attention called without {CU_SEQLENS}/{MAX_LEN}: it serves "
@@ -58,14 +63,18 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     if dropout:
         raise ValueError(f"{PACKED_ATTENTION}: attention dropout {dropout} is not supported in a packed pass")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, heads, D)
+    cu_k, max_k, kv = cu, max_len, kwargs.get(KV_INDEX)
+    if kv is not None:
+        cu_k, max_k = kwargs[CU_SEQLENS_K], kwargs[MAX_LEN_K]
+        k, v = k.index_select(0, kv), v.index_select(0, kv)
     if q.is_cuda and _varlen_attn is not None:
-        out = _varlen(q, k, v, cu, max_len, scaling)
+        out = _varlen(q, k, v, cu, cu_k, max_len, max_k, scaling)
     else:
-        out = _per_sequence(q, k, v, cu, scaling)
+        out = _per_sequence(q, k, v, cu, cu_k, scaling)
     return out.unsqueeze(0), None
 
 
-def _varlen(q, k, v, cu, max_len: int, scaling):
+def _varlen(q, k, v, cu, cu_k, max_len: int, max_k: int, scaling):
     kw: dict = {"scale": scaling}
     if "enable_gqa" in _VARLEN_PARAMS:
         kw["enable_gqa"] = True
@@ -76,16 +85,19 @@ def _varlen(q, k, v, cu, max_len: int, scaling):
         kw["is_causal"] = True
     else:
         kw["window_size"] = (-1, 0)
-    return _varlen_attn(q, k, v, cu, cu, max_len, max_len, **kw)
+    return _varlen_attn(q, k, v, cu, cu_k, max_len, max_k, **kw)
 
 
-def _per_sequence(q, k, v, cu, scaling):
-    bounds = cu.tolist()
-    parts = [
-        F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1),
-                                       is_causal=True, scale=scaling, enable_gqa=True).transpose(0, 1)
-        for s, e in zip(bounds[:-1], bounds[1:])
-    ]
+def _per_sequence(q, k, v, cu, cu_k, scaling):
+    """The packed attention one segment at a time through SDPA: query i of a segment of Lq
+    queries and Lk keys sees keys 0 .. i + Lk - Lq (causal, aligned at the bottom right)."""
+    parts = []
+    for (s, e), (sk, ek) in zip(zip(cu.tolist()[:-1], cu.tolist()[1:]), zip(cu_k.tolist()[:-1], cu_k.tolist()[1:])):
+        lq, lk = e - s, ek - sk
+        mask = None if lq == lk else torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+        parts.append(F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[sk:ek].transpose(0, 1), v[sk:ek].transpose(0, 1),
+                                                    attn_mask=mask, is_causal=mask is None, scale=scaling,
+                                                    enable_gqa=True).transpose(0, 1))
     return torch.cat(parts, dim=0)
 
 
@@ -155,13 +167,17 @@ def _attention(cfg, name: str):
 
 def packed_forward(base, batch: dict) -> torch.Tensor:
     """(T, hidden) final hidden states of a packed batch (rollout.pack_packed: input_ids and
-    position_ids (1, T), cu_seqlens (N + 1,) int32, max_len) through the decoder
-    of `base` (LoRA layers, disable_adapter and compiled layers act inside it)."""
+    position_ids (1, T), cu_seqlens (N + 1,) int32, max_len, and with a shared prompt kv_index,
+    cu_seqlens_k, max_len_k) through the decoder of `base` (LoRA layers, disable_adapter and
+    compiled layers act inside it)."""
     reason = unsupported(base)
     if reason:
         raise ValueError(f"a packed pass cannot run on {type(base).__name__}: {reason}")
     _register()
+    kw = {CU_SEQLENS: batch["cu_seqlens"], MAX_LEN: batch["max_len"]}
+    if "kv_index" in batch:
+        kw |= {KV_INDEX: batch["kv_index"], CU_SEQLENS_K: batch["cu_seqlens_k"], MAX_LEN_K: batch["max_len_k"]}
     with _attention(base.config, PACKED_ATTENTION):  # no masks: every layer is full attention (unsupported)
         out = base.model(input_ids=batch["input_ids"], attention_mask={"full_attention": None}, position_ids=batch["position_ids"],
-                         use_cache=False, **{CU_SEQLENS: batch["cu_seqlens"], MAX_LEN: batch["max_len"]})
+                         use_cache=False, **kw)
     return out.last_hidden_state[0]

@@ -165,35 +165,68 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
     }
 
 
-def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], device) -> dict:
+def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], device,
+                share_prompts: bool = True) -> dict:
     """The same sequences as `pack`, laid end to end in one row without padding (training/packed.py).
 
-    Returns input_ids and position_ids (1, T), T = sum_i (len(p_i) + len(y_i)), positions
-    0 .. len - 1 restarting at each sequence (the positions generate gave them); cu_seqlens
-    (B + 1,) int32, the sequences' offsets; max_len, the longest; completion_ids,
-    completion_mask and logit_index (B, C) as in `pack`, logit_index now a position in the
-    row: offset_i + len(p_i) - 1 + t."""
+    Without sharing, sequence i is its prompt then its completion, positions 0 .. len - 1
+    restarting at each sequence (the positions generate gave them), and it attends causally
+    within itself. With `share_prompts`, a sequence whose prompt equals the one laid down last
+    (the N samples of a prompt, given one after the other) and whose completion is not empty
+    brings its completion alone, at positions len(p) .. len(p) + len(y) - 1: its queries attend
+    to the earlier copy of the prompt and causally to its own tokens. The keys and values of
+    such a segment are gathered from the row (`kv_index`), so the prompt runs once per run of
+    equal prompts and its activations take the sum of its samples' gradients: the same
+    log-probs and gradient as a copy per sample, with fewer tokens.
+
+    Returns input_ids and position_ids (1, T); cu_seqlens (B + 1,) int32, each sequence's query
+    segment in the row; max_len, the longest segment; completion_ids, completion_mask and
+    logit_index (B, C) as in `pack`, logit_index now a position in the row (for a shared
+    segment, completion token 0 is predicted at the prompt copy's last token). When some prompt
+    is shared, also kv_index (K,) int64, the row positions each segment's keys come from
+    (its prompt, then its own tokens), cu_seqlens_k (B + 1,) int32 and max_len_k: a segment's
+    query i then sees keys up to i + (keys - queries), the bottom-right aligned causal mask."""
     _check_pairs("pack_packed", prompts, completions)
-    lens = np.array([len(p) + len(y) for p, y in zip(prompts, completions)], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lens)])
-    ids = np.fromiter((t for p, y in zip(prompts, completions) for t in (*p, *y)), dtype=np.int64, count=int(starts[-1]))
-    pos = np.arange(starts[-1], dtype=np.int64) - np.repeat(starts[:-1], lens)
     b, c = len(prompts), max(1, max(len(y) for y in completions))
+    ids, pos, kv, q_lens, k_lens = [], [], [], [], []
+    index = np.zeros((b, c), dtype=np.int64)
+    last, last_start, offset = None, 0, 0
+    for i, (p, y) in enumerate(zip(prompts, completions)):
+        p, y = list(p), list(y)
+        shared = share_prompts and len(y) > 0 and p == last
+        if not shared:
+            last, last_start = p, offset
+            ids += p
+            pos += range(len(p))
+        start = offset + (0 if shared else len(p))  # the completion's first token in the row
+        ids += y
+        pos += range(len(p), len(p) + len(y))
+        kv += [*range(last_start, last_start + len(p)), *range(start, start + len(y))]
+        q_lens.append(len(y) + (0 if shared else len(p)))
+        k_lens.append(len(p) + len(y))
+        if y:
+            index[i, : len(y)] = [last_start + len(p) - 1, *range(start, start + len(y) - 1)]
+        offset += q_lens[-1]
     clen = np.array([len(y) for y in completions], dtype=np.int64)
     cmask = np.arange(c)[None, :] < clen[:, None]
     comp = np.zeros((b, c), dtype=np.int64)
     comp[cmask] = np.fromiter((t for y in completions for t in y), dtype=np.int64, count=int(clen.sum()))
-    first = starts[:-1] + np.array([len(p) for p in prompts], dtype=np.int64) - 1
-    index = np.where(cmask, first[:, None] + np.arange(c)[None, :], 0)
-    return {
-        "input_ids": torch.from_numpy(ids)[None].to(device),
-        "position_ids": torch.from_numpy(pos)[None].to(device),
-        "cu_seqlens": torch.from_numpy(starts.astype(np.int32)).to(device),
-        "max_len": int(lens.max()),
+    out = {
+        "input_ids": torch.tensor(ids, dtype=torch.long)[None].to(device),
+        "position_ids": torch.tensor(pos, dtype=torch.long)[None].to(device),
+        "cu_seqlens": torch.from_numpy(np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)).to(device),
+        "max_len": max(q_lens),
         "completion_ids": torch.from_numpy(comp).to(device),
         "completion_mask": torch.from_numpy(cmask.astype(np.float32)).to(device),
         "logit_index": torch.from_numpy(index).to(device),
     }
+    if q_lens != k_lens:
+        out |= {
+            "kv_index": torch.tensor(kv, dtype=torch.long).to(device),
+            "cu_seqlens_k": torch.from_numpy(np.concatenate([[0], np.cumsum(k_lens)]).astype(np.int32)).to(device),
+            "max_len_k": max(k_lens),
+        }
+    return out
 
 
 def packing(model, setting: bool | None) -> bool:

@@ -303,22 +303,40 @@ def eos_blocked(ro: Rollouts) -> tuple[int, list[int]]:
 def dropout_off(model):
     """Recompute log-probs without dropout (the samples came from the model in eval mode), but
     keep the model in train mode so gradient checkpointing stays active: the Dropout modules
-    (LoRA's) go to eval mode, and attention modules' dropout rate (transformers' attention
-    reads `attention_dropout` in train mode) is 0 meanwhile."""
-    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
+    (LoRA's) go to eval mode with rate 0, and attention modules' dropout rate (transformers'
+    attention reads `attention_dropout` in train mode) is 0 meanwhile. The rate as well as the
+    mode: peft's disable_adapter() puts its layers' dropout back in the model's mode on exit
+    (adapter_disabled undoes that too), and a Dropout of rate 0 is the identity in either mode."""
+    drops = [(m, m.p) for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
     rates = [(m, m.attention_dropout) for m in model.modules() if isinstance(getattr(m, "attention_dropout", None), float)
              and m.attention_dropout > 0]
-    for m in drops:
+    for m, _ in drops:
         m.eval()
+        m.p = 0.0
     for m, _ in rates:
         m.attention_dropout = 0.0
     try:
         yield
     finally:
-        for m in drops:
+        for m, p in drops:
+            m.p = p
             m.train()
         for m, rate in rates:
             m.attention_dropout = rate
+
+
+@contextmanager
+def adapter_disabled(model):
+    """`model.disable_adapter()` (the reference policy) that leaves every module's train/eval
+    mode as it found it: peft re-applies its layers' mode when the adapter comes back on, which
+    would switch the recompute's dropout modules back to train mode for the passes after."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with model.disable_adapter():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[[torch.Tensor], None]) -> Terms:
@@ -327,7 +345,8 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     loaded). Both losses are sums over sequences, so the recompute is batched across prompt
     groups: each forward/backward pass takes as many sequences as memory holds
     (rollout.rows_per_pass; rollout.recompute_rows caps it), longest first so a pass pads little,
-    or packed end to end with no padding at all (rollout.packed_recompute, training/packed.py).
+    or packed end to end with no padding at all (rollout.packed_recompute, training/packed.py),
+    a prompt's samples then attending to one copy of it (rollout.share_prompts).
     The gradient equals the group-by-group one up to float summation order (tested)."""
     o = cfg.objective
     q, dist, logs = score_rollouts(ro, embedder, o)
@@ -342,25 +361,30 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     # Groups whose A_i are all 0 contribute exactly 0 to the gradient (unless the KL term needs
     # them): their sequences are not recomputed.
     seqs = [(i, j) for i in range(ro.m) if beta > 0 or adv[i].any() for j in range(ro.n)]
-    seqs.sort(key=lambda r: -(len(ro.prompt_ids[r[0]]) + len(ro.completion_ids[r[0]][r[1]])))
+    length = lambda r: len(ro.prompt_ids[r[0]]) + len(ro.completion_ids[r[0]][r[1]])  # noqa: E731
     limit, multiple = cfg.rollout.recompute_rows, cfg.trainer.pad_to_multiple_of
     packed = packing(model, cfg.rollout.packed_recompute)
+    # Padded passes take the longest first, so a pass pads little; packed passes keep a prompt's
+    # samples together, so they share its one copy (rollout.share_prompts), and size a pass by
+    # the longest sequence left.
+    if not packed:
+        seqs.sort(key=lambda r: -length(r))
     start = 0
     with dropout_off(model):
         while start < len(seqs):
-            i0, j0 = seqs[start]
-            width = padded_width(len(ro.prompt_ids[i0]) + len(ro.completion_ids[i0][j0]), multiple)
+            width = padded_width(max(map(length, seqs[start:])) if packed else length(seqs[start]), multiple)
             take = seqs[start : start + rows_per_pass(model, width, len(seqs) - start, limit, probe=ro.n)]
             start += len(take)
             # Pad id 0 is never attended to (attention_mask 0) and never scored (completion_mask 0).
             prompts, completions = [ro.prompt_ids[i] for i, _ in take], [ro.completion_ids[i][j] for i, j in take]
-            batch = pack_packed(prompts, completions, device) if packed else pack(prompts, completions, 0, device, multiple)
+            batch = (pack_packed(prompts, completions, device, cfg.rollout.share_prompts) if packed
+                     else pack(prompts, completions, 0, device, multiple))
             logp_tok = token_logprobs(model, batch, temp, min_new, eos)
             a = torch.as_tensor(np.array([adv[i, j] for i, j in take]), dtype=logp_tok.dtype, device=device)
             div = div_loss(logp_tok.sum(dim=1), a, l_norm, ro.m)
             loss = lam * div
             if beta > 0:
-                with torch.no_grad(), model.disable_adapter():
+                with torch.no_grad(), adapter_disabled(model):
                     ref_tok = token_logprobs(model, batch, temp, min_new, eos)
                 kl = kl_of(logp_tok, ref_tok, batch["completion_mask"]).sum() / (ro.m * ro.n * l_norm)
                 loss = loss + beta * kl
