@@ -5,14 +5,16 @@
 #   bash benchmarks/device_all.sh step OUTDIR   # step_bench.py, both LoRA paths side by side (fast, peft);
 #                                               # then the fast path once more with the allocator's default
 #                                               # segments (step_bench_default_segments.json)
-#   bash benchmarks/device_all.sh peer OUTDIR   # trl_peer.py: our step (the shipped settings, and compiled with
-#                                               # torch's SDPA backends) beside TRL 1.16 GRPOTrainer (transformers
-#                                               # generate, then continuous batching, then under SDPA with and
-#                                               # without cuDNN), one process; installs the wheels of
-#                                               # ${WHEELS:-.whl2} into /tmp/site first
+#   bash benchmarks/device_all.sh peer OUTDIR   # trl_peer.py: our step (the shipped settings, and the same with a
+#                                               # prompt copy per sample) beside TRL 1.16 GRPOTrainer (transformers
+#                                               # generate, then continuous batching), one process; installs the
+#                                               # wheels of ${WHEELS:-.whl2} into /tmp/site first
 #   bash benchmarks/device_all.sh ab OUTDIR     # the shipped settings' A/Bs: pg_profile.py --ab sft_packing (SFT
 #                                               # micro-batches padded and packed), then step_bench.py --compile
 #                                               # (every stage; optimizer_ab: the trainer's bookkeeping and the former)
+#   bash benchmarks/device_all.sh share OUTDIR  # the recompute's GPU tests (tests/test_recompute.py), then
+#                                               # pg_profile.py --ab shared_prompts (a prompt copy per sample
+#                                               # against one shared by its samples)
 #   bash benchmarks/device_all.sh run OUTDIR    # moderate_run.py: the whole moderate run through `polychromic
 #                                               # train` under a 76 GiB cap (model folder in ${BENCH_WORK:-/root/bench})
 #
@@ -24,8 +26,8 @@ set -uo pipefail
 
 mode=${1:-}
 out=${2:-}
-if [[ -z $out || ! $mode =~ ^(step|peer|ab|run)$ ]]; then
-  echo "usage: bash benchmarks/device_all.sh step|peer|ab|run OUTDIR" >&2
+if [[ -z $out || ! $mode =~ ^(step|peer|ab|share|run)$ ]]; then
+  echo "usage: bash benchmarks/device_all.sh step|peer|ab|share|run OUTDIR" >&2
   exit 2
 fi
 cd "$(dirname "$0")/.."
@@ -51,10 +53,10 @@ run() {
 }
 
 if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
-  step_args=(--shape tiny --repeats 1) skip_more=,eval peer_args=(--shape tiny --repeats 1 --trl-steps 2 --variants sdpa)
+  step_args=(--shape tiny --repeats 1) skip_more=,eval peer_args=(--shape tiny --repeats 1 --trl-steps 2 --variants shipped,shipped_per_sample)
   run_args=(--shape tiny --examples 96 --device cpu)
 else
-  step_args=(--repeats 3) skip_more= peer_args=(--repeats 4 --trl-steps 3 --variants shipped,sdpa_compiled) run_args=(--memory-gb 76)
+  step_args=(--repeats 3) skip_more= peer_args=(--repeats 4 --trl-steps 3 --variants shipped,shipped_per_sample) run_args=(--memory-gb 76)
 fi
 
 versions 2>&1 | tee "$log"
@@ -71,6 +73,10 @@ case $mode in
     run 320 python3 benchmarks/step_bench.py "${step_args[@]}" --skip old_sft,old_pg,sdpa$skip_more --lora fast --compile \
       --name step_bench_shipped --out "$out" || status=$?
     ;;
+  share)
+    run 200 python3 -m pytest -q -p no:cacheprovider tests/test_recompute.py -k on_a_gpu || status=$?
+    run 330 python3 benchmarks/pg_profile.py "${step_args[@]}" --skip-eager --ab shared_prompts --out "$out" || status=$?
+    ;;
   peer)
     wheels=${WHEELS:-.whl2}
     if [[ $wheels != none ]]; then
@@ -79,7 +85,7 @@ case $mode in
     fi
     python3 -c "import trl, datasets, pyarrow, huggingface_hub, fsspec; print('trl', trl.__version__, 'datasets', datasets.__version__,
 'pyarrow', pyarrow.__version__, 'huggingface_hub', huggingface_hub.__version__, 'fsspec', fsspec.__version__)" 2>&1 | tee -a "$log"
-    run 570 python3 benchmarks/trl_peer.py "${peer_args[@]}" --lora fast --sdpa-probe --out "$out" || status=$?
+    run 570 python3 benchmarks/trl_peer.py "${peer_args[@]}" --lora fast --out "$out" || status=$?
     ;;
   run)
     work=${BENCH_WORK:-/root/bench}

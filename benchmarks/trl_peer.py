@@ -68,24 +68,27 @@ LR = 2e-4
 
 NO_CUDNN = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 VARIANTS = {
-    "sdpa": ("sdpa", 1, None, False, None),
-    "eager": ("eager", 1, None, False, None),
-    "sdpa_pad32": ("sdpa", 32, None, False, None),
-    "sdpa_nocudnn": ("sdpa", 1, NO_CUDNN, False, None),
-    "sdpa_compiled": ("sdpa", 1, None, True, None),
-    "shipped": ("sdpa", 1, NO_CUDNN, True, None),
-    "shipped_padded": ("sdpa", 1, NO_CUDNN, True, False),
+    "sdpa": ("sdpa", 1, None, False, None, True),
+    "eager": ("eager", 1, None, False, None, True),
+    "sdpa_pad32": ("sdpa", 32, None, False, None, True),
+    "sdpa_nocudnn": ("sdpa", 1, NO_CUDNN, False, None, True),
+    "sdpa_compiled": ("sdpa", 1, None, True, None, True),
+    "shipped": ("sdpa", 1, NO_CUDNN, True, None, True),
+    "shipped_padded": ("sdpa", 1, NO_CUDNN, True, False, True),
+    "shipped_per_sample": ("sdpa", 1, NO_CUDNN, True, None, False),
 }
 """Our step's settings: (attn_implementation, trainer.pad_to_multiple_of, the SDPA backends
 allowed (None = torch's choice), trainer.compile, rollout.packed_recompute: None, the
-default, packs the recompute where the variable-length kernel runs; False pads it). pad32 pads every recompute pass to a
+default, packs the recompute where the variable-length kernel runs; False pads it;
+rollout.share_prompts: a packed recompute runs a prompt once for its samples). pad32 pads every recompute pass to a
 multiple of 32 tokens (few distinct shapes); nocudnn leaves cuDNN's attention out of SDPA's
 choice; both probe the one-time cost per new pass width that the first steps of a process pay
 under SDPA. compiled runs the decoder layers' training passes through torch.compile
 (training/compiled.py); its warm-up step compiles. shipped is what the shipped Qwen3-8B configs
 run: compiled, without cuDNN's attention (trainer.cudnn_attention false) in training and
 sampling alike, as train() sets it; shipped_padded the same with the recompute right-padded
-(the setting before packed passes, training/packed.py)."""
+(the setting before packed passes, training/packed.py); shipped_per_sample the same packed, with
+a copy of the prompt per sample (the setting before shared prompts)."""
 
 
 def _backends(names):
@@ -106,11 +109,11 @@ def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) ->
     m = cfg.rollout.max_examples_for_diversity
     out, seen = {}, set()
     for path, variant in [(paths[0], v) for v in variants] + [(p, "sdpa") for p in paths[1:]]:
-        impl, multiple, backends, comp, packed_setting = VARIANTS[variant]
+        impl, multiple, backends, comp, packed_setting, share = VARIANTS[variant]
         if comp:
             compile_layers(model)
         vcfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, pad_to_multiple_of=multiple),
-                                   rollout=dataclasses.replace(cfg.rollout, packed_recompute=packed_setting))
+                                   rollout=dataclasses.replace(cfg.rollout, packed_recompute=packed_setting, share_prompts=share))
         packed = packing(model, packed_setting)
         sb.use_lora_path(model, path)
         sb.set_attention(model, impl)
@@ -146,7 +149,7 @@ def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) ->
         med = statistics.median(times)
         out[f"{path}/{variant}"] = {"step_s": med, "steps_s": times, "parts": parts, "lora": path, "attention": impl,
                                     "pad_to_multiple_of": multiple, "sdpa_backends": backends, "compiled": comp,
-                                    "packed_recompute": packed}
+                                    "packed_recompute": packed, "share_prompts": share}
         print(f"ours ({path} LoRA, {variant}, recompute {'packed' if packed else 'padded'}): {med:.3f} s per step {times}; widths "
               f"{[(p['width'], 'new' if p['new_width'] else 'seen', p['passes']) for p in parts]}", flush=True)
     sb.set_attention(model, "sdpa")
