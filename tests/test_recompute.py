@@ -219,6 +219,43 @@ def test_batched_recompute_gives_the_group_by_group_gradient(tiny):
         fast_lora.uninstall(model)
 
 
+def test_groups_with_zero_advantages_are_recomputed_only_when_the_first_pass_took_them(tiny, monkeypatch):
+    """The first pass is queued before the scoring, so it may hold a group whose advantages turn
+    out all 0; the passes after it leave such groups out, and a first pass holding only such
+    groups is not backpropagated. The gradient is the reference's either way."""
+    import dataclasses
+
+    model, tok = tiny
+    base = ["objective.name=polychromic", "objective.diversity_weight=1.0", "objective.quality=constant",
+            "objective.diversity_metric=semantic", "rollout.n_generations=4", "rollout.max_examples_for_diversity=3",
+            "rollout.max_generation_length=5", "rollout.diversity_temperature=0.8"]
+    cfg = load_config(None, base)
+    texts = ["tell me a joke", "hello there, how are you?", "what is the weather like?"]
+    ro = generate_rollouts(model, tok, texts, [tok(t)["input_ids"] for t in texts], cfg.rollout, seed=2)
+    sizes = []
+    real = poly.token_logprobs
+    monkeypatch.setattr(poly, "token_logprobs", lambda m, b, *a: (sizes.append(b["completion_ids"].shape[0]), real(m, b, *a))[1])
+    # Packed passes go group by group (the padded ones longest first): pass sizes as planned.
+    for dead, rows, want_sizes, want_backwards in ((1, 2, [2, 2, 2, 2], 4),  # group 1 dead: never recomputed
+                                                   (0, 4, [4, 4, 4], 2),  # the first pass is group 0, dead: no backward
+                                                   (0, 2, [2, 2, 2, 2, 2], 4)):  # dead group 0 split: its rest left out
+        groups = [list(g) for g in ro.texts]
+        groups[dead] = ["the same reply"] * ro.n  # distances 0: every F(S) is 0, so every A_i is 0
+        r = dataclasses.replace(ro, texts=groups)
+        for extra in (["rollout.packed_recompute=true"], ["rollout.packed_recompute=false"]):
+            c = load_config(None, base + [f"rollout.recompute_rows={rows}"] + extra)
+            ref = _reference_grads(model, r, c)
+            sizes.clear()
+            calls = []
+            poly.rollout_term(model, r, _embed, c, lambda loss: (calls.append(1), loss.backward()))
+            got = _grads(model)
+            if "rollout.packed_recompute=true" in extra:
+                assert sizes == want_sizes and len(calls) == want_backwards, (dead, rows, sizes, calls)
+            assert got.keys() == ref.keys()
+            for n in ref:
+                torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-7, msg=f"{n}, dead group {dead}, rows {rows}, {extra}")
+
+
 def test_packed_token_logprobs_equal_the_padded_ones_and_the_config_is_restored(tiny):
     model, _ = tiny
     p, y = [[5, 6, 7, 9, 11], [8], [4, 4, 2]], [[1, 2], [3, 4, 9, 10], [12]]

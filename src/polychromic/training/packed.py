@@ -15,6 +15,12 @@ offsets; the mask mapping it passes holds no masks, so the model builds none. On
 where this torch has no varlen kernel, the same attention runs one sequence at a time through
 SDPA (exact, slower): what the CPU tests check the packed pass against.
 
+A prompt shared by several sequences (the N samples of a rollout prompt, rollout.pack_packed
+with share_prompts) is laid down once: the sequences after the first bring their completion
+alone, and their attention segment takes its keys and values from the prompt copy and its own
+tokens (KV_INDEX, gathered from the row), with the causal mask aligned at the bottom right, so
+each completion token sees the prompt and its own earlier tokens, as in its own sequence.
+
 Only the forward is switched: a backward that re-runs the forward (gradient checkpointing)
 would meet the model's own attention with packed inputs, so `unsupported` refuses that case,
 as it refuses attention layouts other than full causal attention (sliding windows) and models

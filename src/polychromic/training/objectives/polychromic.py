@@ -347,50 +347,70 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     (rollout.rows_per_pass; rollout.recompute_rows caps it), longest first so a pass pads little,
     or packed end to end with no padding at all (rollout.packed_recompute, training/packed.py),
     a prompt's samples then attending to one copy of it (rollout.share_prompts).
-    The gradient equals the group-by-group one up to float summation order (tested)."""
+    The gradient equals the group-by-group one up to float summation order (tested).
+
+    The first pass's forward is queued before the replies are scored: on a GPU it runs while the
+    host embeds the replies and computes the advantages, which enter only its loss. Its
+    sequences are therefore taken before the advantages are known; the passes after it leave
+    out groups whose advantages are all 0 (they contribute exactly 0 to the gradient, unless the
+    KL term needs them), and a first pass that holds only such groups is not backpropagated."""
     o = cfg.objective
-    q, dist, logs = score_rollouts(ro, embedder, o)
-    rng = np.random.default_rng(ro.seed)
-    parts = [advantage_parts(q[i], dist[i], o, cfg.set_size, rng) for i in range(ro.m)]
-    adv = np.stack([p["total"] for p in parts])
     lam, beta, kl_of = o.diversity_weight, o.kl_beta, KL_ESTIMATORS[o.kl_estimator]
     temp, l_norm = ro.params.temperature, float(ro.params.max_new_tokens)
     min_new, eos = eos_blocked(ro)
     device = next(model.parameters()).device
-    div_total, kl_total = 0.0, 0.0
-    # Groups whose A_i are all 0 contribute exactly 0 to the gradient (unless the KL term needs
-    # them): their sequences are not recomputed.
-    seqs = [(i, j) for i in range(ro.m) if beta > 0 or adv[i].any() for j in range(ro.n)]
     length = lambda r: len(ro.prompt_ids[r[0]]) + len(ro.completion_ids[r[0]][r[1]])  # noqa: E731
     limit, multiple = cfg.rollout.recompute_rows, cfg.trainer.pad_to_multiple_of
     packed = packing(model, cfg.rollout.packed_recompute)
+    seqs = [(i, j) for i in range(ro.m) for j in range(ro.n)]
     # Padded passes take the longest first, so a pass pads little; packed passes keep a prompt's
     # samples together, so they share its one copy (rollout.share_prompts), and size a pass by
     # the longest sequence left.
     if not packed:
         seqs.sort(key=lambda r: -length(r))
-    start = 0
+
+    def forward(start: int, order: list) -> tuple[list, dict, torch.Tensor, torch.Tensor | None]:
+        width = padded_width(max(map(length, order[start:])) if packed else length(order[start]), multiple)
+        take = order[start : start + rows_per_pass(model, width, len(order) - start, limit, probe=ro.n)]
+        # Pad id 0 is never attended to (attention_mask 0) and never scored (completion_mask 0).
+        prompts, completions = [ro.prompt_ids[i] for i, _ in take], [ro.completion_ids[i][j] for i, j in take]
+        batch = (pack_packed(prompts, completions, device, cfg.rollout.share_prompts) if packed
+                 else pack(prompts, completions, 0, device, multiple))
+        logp_tok = token_logprobs(model, batch, temp, min_new, eos)
+        ref_tok = None
+        if beta > 0:
+            with torch.no_grad(), adapter_disabled(model):
+                ref_tok = token_logprobs(model, batch, temp, min_new, eos)
+        return take, batch, logp_tok, ref_tok
+
+    divs, kls = [], []
     with dropout_off(model):
-        while start < len(seqs):
-            width = padded_width(max(map(length, seqs[start:])) if packed else length(seqs[start]), multiple)
-            take = seqs[start : start + rows_per_pass(model, width, len(seqs) - start, limit, probe=ro.n)]
-            start += len(take)
-            # Pad id 0 is never attended to (attention_mask 0) and never scored (completion_mask 0).
-            prompts, completions = [ro.prompt_ids[i] for i, _ in take], [ro.completion_ids[i][j] for i, j in take]
-            batch = (pack_packed(prompts, completions, device, cfg.rollout.share_prompts) if packed
-                     else pack(prompts, completions, 0, device, multiple))
-            logp_tok = token_logprobs(model, batch, temp, min_new, eos)
-            a = torch.as_tensor(np.array([adv[i, j] for i, j in take]), dtype=logp_tok.dtype, device=device)
-            div = div_loss(logp_tok.sum(dim=1), a, l_norm, ro.m)
-            loss = lam * div
-            if beta > 0:
-                with torch.no_grad(), adapter_disabled(model):
-                    ref_tok = token_logprobs(model, batch, temp, min_new, eos)
-                kl = kl_of(logp_tok, ref_tok, batch["completion_mask"]).sum() / (ro.m * ro.n * l_norm)
-                loss = loss + beta * kl
-                kl_total += float(kl.detach())
-            backward(loss)
-            div_total += float(div.detach())
+        passes = [forward(0, seqs)]
+        q, dist, logs = score_rollouts(ro, embedder, o)
+        rng = np.random.default_rng(ro.seed)
+        parts = [advantage_parts(q[i], dist[i], o, cfg.set_size, rng) for i in range(ro.m)]
+        adv = np.stack([p["total"] for p in parts])
+        live = [r for r in seqs if beta > 0 or adv[r[0]].any()]
+        done = {r for r in passes[0][0]}
+        rest = [r for r in live if r not in done]
+        while passes:
+            take, batch, logp_tok, ref_tok = passes.pop()
+            if beta > 0 or adv[[i for i, _ in take]].any():
+                a = torch.as_tensor(np.array([adv[i, j] for i, j in take]), dtype=logp_tok.dtype, device=device)
+                div = div_loss(logp_tok.sum(dim=1), a, l_norm, ro.m)
+                loss = lam * div
+                if ref_tok is not None:
+                    kl = kl_of(logp_tok, ref_tok, batch["completion_mask"]).sum() / (ro.m * ro.n * l_norm)
+                    loss = loss + beta * kl
+                    kls.append(kl.detach())
+                backward(loss)
+                divs.append(div.detach())
+            del take, batch, logp_tok, ref_tok  # the pass's graph and tensors go before the next pass
+            if rest:
+                passes.append(forward(0, rest))
+                rest = rest[len(passes[0][0]) :]
+    div_total = float(torch.stack(divs).sum()) if divs else 0.0  # one host sync, after every pass
+    kl_total = float(torch.stack(kls).sum()) if kls else 0.0
     logs.update(
         {
             "train/advantage_mean": float(adv.mean()),
