@@ -131,6 +131,28 @@ def test_shared_prompt_attention_is_bottom_right_causal():
     torch.testing.assert_close(out[0], want, rtol=1e-12, atol=1e-12)
 
 
+def test_shared_segments_are_refused_where_the_kernel_aligns_the_causal_mask_at_the_top_left(monkeypatch):
+    def top_left(q, k, v, cu, cu_k, max_q, max_k, scaling):  # SDPA's is_causal: query i sees keys 0 .. i
+        (s, e), (sk, ek) = cu.tolist(), cu_k.tolist()
+        return F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[sk:ek].transpose(0, 1), v[sk:ek].transpose(0, 1),
+                                              is_causal=True).transpose(0, 1)
+
+    def bottom_right(q, k, v, cu, cu_k, max_q, max_k, scaling):
+        return packed_mod._per_sequence(q, k, v, cu, cu_k, scaling)
+
+    for kernel, ok in ((top_left, False), (bottom_right, True)):
+        monkeypatch.setattr(packed_mod, "_varlen", kernel)
+        packed_mod._aligns_bottom_right.cache_clear()
+        assert packed_mod._aligns_bottom_right("cpu") is ok
+    packed_mod._aligns_bottom_right.cache_clear()
+    packed_mod.check_shared_segments("cpu")  # a CPU runs the per-segment path: nothing to check
+    if packed_mod.varlen_kernel():
+        monkeypatch.setattr(packed_mod, "_aligns_bottom_right", lambda device: False)
+        with pytest.raises(RuntimeError, match="rollout.share_prompts: this torch's variable-length attention kernel "
+                                               "does not align .* set rollout.share_prompts: false"):
+            packed_mod.check_shared_segments("cuda")
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     mcfg = ModelConfig(path=str(tiny_model_dir), dtype="float32")

@@ -29,6 +29,7 @@ whose logits are not the plain head over the decoder's output.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from contextlib import contextmanager
 
@@ -107,6 +108,31 @@ def _per_sequence(q, k, v, cu, cu_k, scaling):
     return torch.cat(parts, dim=0)
 
 
+@functools.cache
+def _aligns_bottom_right(device: str) -> bool:
+    """Whether this torch's variable-length kernel aligns the causal mask of a segment with fewer
+    queries than keys at the bottom right (FlashAttention's rule: query i of Lq sees keys up to
+    i + Lk - Lq), which a shared prompt's segments need. One small call on `device` against the
+    per-segment reference; a kernel aligning at the top left would let a completion's first
+    token see one key of its prompt."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(n, 2, 64, generator=g).to(device=device, dtype=torch.bfloat16) for n in (3, 7, 7))
+    cu_q, cu_k = (torch.tensor(c, dtype=torch.int32, device=device) for c in ([0, 3], [0, 7]))
+    out = _varlen(q, k, v, cu_q, cu_k, 3, 7, None).float()
+    ref = _per_sequence(q.float(), k.float(), v.float(), cu_q, cu_k, None)
+    return bool(torch.allclose(out, ref, rtol=0, atol=0.05))
+
+
+def check_shared_segments(device) -> None:
+    """Raise when the variable-length kernel on `device` cannot run shared-prompt segments (see
+    _aligns_bottom_right); a CPU runs them through the per-segment SDPA path, which can."""
+    device = torch.device(device)
+    if device.type == "cuda" and _varlen_attn is not None and not _aligns_bottom_right(str(device)):
+        raise RuntimeError("rollout.share_prompts: this torch's variable-length attention kernel does not align a "
+                           "causal segment of fewer queries than keys at the bottom right, so a completion cannot "
+                           "attend to a shared prompt copy; set rollout.share_prompts: false")
+
+
 PLAIN_HEAD_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 """Model types whose causal-LM logits are exactly lm_head(final hidden state): for these the
 head can run on the positions that are scored alone (training/rollout.py)."""
@@ -182,6 +208,7 @@ def packed_forward(base, batch: dict) -> torch.Tensor:
     _register()
     kw = {CU_SEQLENS: batch["cu_seqlens"], MAX_LEN: batch["max_len"]}
     if "kv_index" in batch:
+        check_shared_segments(batch["input_ids"].device)
         kw |= {KV_INDEX: batch["kv_index"], CU_SEQLENS_K: batch["cu_seqlens_k"], MAX_LEN_K: batch["max_len_k"]}
     with _attention(base.config, PACKED_ATTENTION):  # no masks: every layer is full attention (unsupported)
         out = base.model(input_ids=batch["input_ids"], attention_mask={"full_attention": None}, position_ids=batch["position_ids"],
