@@ -165,6 +165,11 @@ def pack(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
     }
 
 
+def _offsets(lengths: Sequence[int], device) -> torch.Tensor:
+    """(len + 1,) int32 cumulative offsets of segments of these lengths, from 0."""
+    return torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)).to(device)
+
+
 def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], device,
                 share_prompts: bool = True) -> dict:
     """The same sequences as `pack`, laid end to end in one row without padding (training/packed.py).
@@ -214,7 +219,7 @@ def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence
     out = {
         "input_ids": torch.tensor(ids, dtype=torch.long)[None].to(device),
         "position_ids": torch.tensor(pos, dtype=torch.long)[None].to(device),
-        "cu_seqlens": torch.from_numpy(np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)).to(device),
+        "cu_seqlens": _offsets(q_lens, device),
         "max_len": max(q_lens),
         "completion_ids": torch.from_numpy(comp).to(device),
         "completion_mask": torch.from_numpy(cmask.astype(np.float32)).to(device),
@@ -223,7 +228,7 @@ def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence
     if q_lens != k_lens:
         out |= {
             "kv_index": torch.tensor(kv, dtype=torch.long).to(device),
-            "cu_seqlens_k": torch.from_numpy(np.concatenate([[0], np.cumsum(k_lens)]).astype(np.int32)).to(device),
+            "cu_seqlens_k": _offsets(k_lens, device),
             "max_len_k": max(k_lens),
         }
     return out

@@ -369,9 +369,10 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     if not packed:
         seqs.sort(key=lambda r: -length(r))
 
-    def forward(start: int, order: list) -> tuple[list, dict, torch.Tensor, torch.Tensor | None]:
-        width = padded_width(max(map(length, order[start:])) if packed else length(order[start]), multiple)
-        take = order[start : start + rows_per_pass(model, width, len(order) - start, limit, probe=ro.n)]
+    def forward(order: list) -> tuple[list, dict, torch.Tensor, torch.Tensor | None]:
+        """The forward of the next pass: as many of `order`'s first sequences as it takes."""
+        width = padded_width(max(map(length, order)) if packed else length(order[0]), multiple)
+        take = order[: rows_per_pass(model, width, len(order), limit, probe=ro.n)]
         # Pad id 0 is never attended to (attention_mask 0) and never scored (completion_mask 0).
         prompts, completions = [ro.prompt_ids[i] for i, _ in take], [ro.completion_ids[i][j] for i, j in take]
         batch = (pack_packed(prompts, completions, device, cfg.rollout.share_prompts) if packed
@@ -385,16 +386,16 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
 
     divs, kls = [], []
     with dropout_off(model):
-        passes = [forward(0, seqs)]
+        pending = forward(seqs)
         q, dist, logs = score_rollouts(ro, embedder, o)
         rng = np.random.default_rng(ro.seed)
         parts = [advantage_parts(q[i], dist[i], o, cfg.set_size, rng) for i in range(ro.m)]
         adv = np.stack([p["total"] for p in parts])
         live = [r for r in seqs if beta > 0 or adv[r[0]].any()]
-        done = {r for r in passes[0][0]}
+        done = set(pending[0])
         rest = [r for r in live if r not in done]
-        while passes:
-            take, batch, logp_tok, ref_tok = passes.pop()
+        while pending:
+            take, batch, logp_tok, ref_tok = pending
             if beta > 0 or adv[[i for i, _ in take]].any():
                 a = torch.as_tensor(np.array([adv[i, j] for i, j in take]), dtype=logp_tok.dtype, device=device)
                 div = div_loss(logp_tok.sum(dim=1), a, l_norm, ro.m)
@@ -405,10 +406,10 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
                     kls.append(kl.detach())
                 backward(loss)
                 divs.append(div.detach())
-            del take, batch, logp_tok, ref_tok  # the pass's graph and tensors go before the next pass
-            if rest:
-                passes.append(forward(0, rest))
-                rest = rest[len(passes[0][0]) :]
+            del pending, take, batch, logp_tok, ref_tok  # the pass's graph and tensors go before the next pass
+            pending = forward(rest) if rest else None
+            if pending:
+                rest = rest[len(pending[0]) :]
     div_total = float(torch.stack(divs).sum()) if divs else 0.0  # one host sync, after every pass
     kl_total = float(torch.stack(kls).sum()) if kls else 0.0
     logs.update(
