@@ -2,6 +2,8 @@
 against torch's, and rollout_term's gradient (one pass, one sequence per pass, through the fast
 LoRA path) against a plain group-by-group reference that runs every sequence on its own, unpadded."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +14,8 @@ from polychromic.models import attach_lora, load_base_model, load_tokenizer
 from polychromic.training import fast_lora
 from polychromic.training.objectives import polychromic as poly
 from polychromic.training import packed as packed_mod
-from polychromic.training.rollout import (generate_rollouts, pack, pack_packed, packing, rows_per_pass, tempered_logprobs,
-                                         token_logprobs)
+from polychromic.training.rollout import (fitting_rows, generate_rollouts, laid_tokens, pack, pack_packed, packing,
+                                          rows_per_pass, tempered_logprobs, token_logprobs)
 
 
 def test_tempered_logprobs_match_log_softmax_in_value_and_gradient():
@@ -334,9 +336,59 @@ def test_token_logprobs_rejects_an_eos_inside_the_min_new_tokens_block(tiny):
 
 def test_rows_per_pass_on_a_cpu_takes_all_unless_capped(tiny):
     model, _ = tiny
-    assert rows_per_pass(model, 300, 40, None, probe=5) == 40
-    assert rows_per_pass(model, 300, 40, 16, probe=5) == 16
-    assert rows_per_pass(model, 300, 3, 16, probe=5) == 3
+    assert rows_per_pass(model, [300] * 40, None, probe=5) == 40
+    assert rows_per_pass(model, [300] * 40, 16, probe=5) == 16
+    assert rows_per_pass(model, [300] * 3, 16, probe=5) == 3
+
+
+def test_laid_tokens_are_the_segments_pack_packed_lays():
+    g = torch.Generator().manual_seed(5)
+    p = [torch.randint(5, 200, (int(n),), generator=g).tolist() for n in (7, 19, 3)]
+    p = [p[0], p[0], p[0], p[1], p[2], p[2], p[0]]
+    y = [[9] * 4, [8] * 6, [], [7] * 2, [6] * 5, [5] * 3, [4] * 2]
+    # prompt 0 laid once for its first two samples; the empty completion and the later run of
+    # prompt 0 lay it again
+    assert laid_tokens(p, y) == [7 + 4, 6, 7 + 0, 19 + 2, 3 + 5, 3, 7 + 2]
+    assert laid_tokens(p, y, share_prompts=False) == [len(a) + len(b) for a, b in zip(p, y)]
+    for share in (True, False):
+        lay = laid_tokens(p, y, share)
+        batch = pack_packed(p, y, "cpu", share_prompts=share)
+        assert batch["cu_seqlens"].diff().tolist() == lay
+        assert batch["input_ids"].shape[1] == sum(lay)
+        for k in range(1, len(p) + 1):  # a first-k pass lays the first k counts
+            assert pack_packed(p[:k], y[:k], "cpu", share_prompts=share)["input_ids"].shape[1] == sum(lay[:k])
+
+
+def test_fitting_rows_takes_the_longest_prefix_that_fits():
+    tokens = [100, 50, 50, 200]  # at 2 bytes a token: 200, 300, 400, 800 bytes
+    assert fitting_rows(tokens, 2.0, 400) == 3  # exactly full fits
+    assert fitting_rows(tokens, 2.0, 399.9) == 2
+    assert fitting_rows(tokens, 2.0, 10_000) == 4
+    assert fitting_rows(tokens, 2.0, 150) == 1  # not even one fits: one is still tried
+
+
+def test_rows_per_pass_on_a_gpu_sizes_a_shared_pass_by_the_tokens_it_lays(monkeypatch):
+    """The GPU branch with a stand-in device: a packed pass counts a shared prompt once, so the
+    same memory holds more sequences than rows x the longest width would say."""
+    import polychromic.training.rollout as rollout_mod
+
+    class OnCuda(torch.nn.Module):
+        def parameters(self, recurse=True):
+            yield types.SimpleNamespace(device=torch.device("cuda", 0))
+
+    model = OnCuda()
+    monkeypatch.setattr(rollout_mod, "free_gpu_bytes", lambda d: 1_000_000.0)
+    monkeypatch.setattr(rollout_mod, "gpu_budget_bytes", lambda d: 1_000_000.0)
+    prompts, completions = [[1] * 90] * 10, [[2] * 10] * 10  # two groups of 5 share one prompt
+    assert rows_per_pass(model, laid_tokens(prompts, completions), None, probe=5) == 5  # nothing measured yet: one group
+    rollout_mod._note_bytes_per_token(model, 1000.0)
+    usable = 1_000_000.0 - rollout_mod.RESERVE_FRACTION * 1_000_000.0  # 940,000 bytes: 752 tokens at 1,250 a token
+    assert usable // (rollout_mod.BACKWARD_FACTOR * 1000.0) == 752
+    shared = laid_tokens(prompts, completions)  # 100, 10, 10, 10, 10, 100, ...
+    assert rows_per_pass(model, shared, None, probe=5) == 10  # 280 tokens
+    assert rows_per_pass(model, laid_tokens(prompts, completions, False), None, probe=5) == 7  # 100 each: 700 fits, 800 not
+    assert rows_per_pass(model, [100] * 10, None, probe=5) == 7
+    assert rows_per_pass(model, [100] * 10, 4, probe=5) == 4
 
 
 def test_scoring_embeds_all_rollout_texts_in_one_call():

@@ -170,6 +170,25 @@ def _offsets(lengths: Sequence[int], device) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)).to(device)
 
 
+def _shared(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], share_prompts: bool) -> list[bool]:
+    """Per sequence, whether `pack_packed` lets it attend to the prompt copy laid down before it
+    instead of laying its own: its prompt equals the last one laid and its completion is not empty."""
+    out, last = [], None
+    for p, y in zip(prompts, completions):
+        shared = share_prompts and len(y) > 0 and last is not None and list(p) == last
+        if not shared:
+            last = list(p)
+        out.append(shared)
+    return out
+
+
+def laid_tokens(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], share_prompts: bool = True) -> list[int]:
+    """The tokens each sequence adds to a `pack_packed` row, in order: its prompt and completion,
+    or its completion alone where it shares the prompt laid before it. A prefix of the sequences
+    lays the same counts, so their running sum is the row length of any first-k pass."""
+    return [len(y) + (0 if s else len(p)) for p, y, s in zip(prompts, completions, _shared(prompts, completions, share_prompts))]
+
+
 def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], device,
                 share_prompts: bool = True) -> dict:
     """The same sequences as `pack`, laid end to end in one row without padding (training/packed.py).
@@ -195,12 +214,11 @@ def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence
     b, c = len(prompts), max(1, max(len(y) for y in completions))
     ids, pos, kv, q_lens, k_lens = [], [], [], [], []
     index = np.zeros((b, c), dtype=np.int64)
-    last, last_start, offset = None, 0, 0
-    for i, (p, y) in enumerate(zip(prompts, completions)):
+    last_start, offset = 0, 0
+    for i, (p, y, shared) in enumerate(zip(prompts, completions, _shared(prompts, completions, share_prompts))):
         p, y = list(p), list(y)
-        shared = share_prompts and len(y) > 0 and p == last
         if not shared:
-            last, last_start = p, offset
+            last_start = offset
             ids += p
             pos += range(len(p))
         start = offset + (0 if shared else len(p))  # the completion's first token in the row
@@ -389,12 +407,14 @@ def _note_bytes_per_token(model, value: float) -> None:
         _BYTES_PER_TOKEN[model] = max(value, _BYTES_PER_TOKEN.get(model, 0.0))
 
 
-def rows_per_pass(model, width: int, remaining: int, limit: int | None, probe: int) -> int:
-    """Sequences of `width` tokens (padded) the next recompute pass takes, out of `remaining`.
-    `limit` (rollout.recompute_rows) caps it. On a GPU, as many as the free memory holds, from
-    the bytes per token the model's last passes kept for their backward; before any pass was
-    measured, `probe` sequences (one prompt group). On a CPU, all of them."""
-    k = remaining if limit is None else min(limit, remaining)
+def rows_per_pass(model, tokens: Sequence[int], limit: int | None, probe: int) -> int:
+    """How many of the remaining sequences the next recompute pass takes, from the front;
+    `tokens[i]` is what sequence i adds to the pass (a padded pass: its width; a packed one:
+    `laid_tokens`, so a shared prompt counts once). `limit` (rollout.recompute_rows) caps it. On
+    a GPU, as many as the free memory holds, from the bytes per token the model's last passes
+    kept for their backward; before any pass was measured, `probe` sequences (one prompt group).
+    On a CPU, all of them."""
+    k = len(tokens) if limit is None else min(limit, len(tokens))
     device = next(model.parameters()).device
     if device.type != "cuda" or k <= 1:
         return max(1, k)
@@ -402,7 +422,14 @@ def rows_per_pass(model, width: int, remaining: int, limit: int | None, probe: i
     if per_token is None:
         return max(1, min(k, probe))
     usable = free_gpu_bytes(device) - RESERVE_FRACTION * gpu_budget_bytes(device)
-    return max(1, min(k, int(usable // (BACKWARD_FACTOR * per_token * width))))
+    return fitting_rows(tokens[:k], BACKWARD_FACTOR * per_token, usable)
+
+
+def fitting_rows(tokens: Sequence[int], bytes_per_token: float, usable: float) -> int:
+    """The longest first-k of sequences adding `tokens` each whose total, at `bytes_per_token`,
+    fits in `usable` bytes; at least 1 (a pass that cannot fit one sequence still has to try)."""
+    total = np.cumsum(np.asarray(tokens, dtype=np.float64)) * bytes_per_token
+    return max(1, int(np.searchsorted(total, usable, side="right")))
 
 
 def gpu_budget_bytes(device) -> float:

@@ -32,7 +32,7 @@ from polychromic.config import Config, ObjectiveConfig
 from polychromic.training.objectives.terms import Terms
 from polychromic.rewards import distance_matrix, score_quality, words
 from polychromic.prompts import padded_width
-from polychromic.training.rollout import Rollouts, pack, pack_packed, packing, rows_per_pass, token_logprobs
+from polychromic.training.rollout import Rollouts, laid_tokens, pack, pack_packed, packing, rows_per_pass, token_logprobs
 from polychromic.training.set_diversity import class_labels
 from polychromic.training.set_diversity import set_diversity as set_diversity_of
 
@@ -371,8 +371,12 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
 
     def forward(order: list) -> tuple[list, dict, torch.Tensor, torch.Tensor | None]:
         """The forward of the next pass: as many of `order`'s first sequences as it takes."""
-        width = padded_width(max(map(length, order)) if packed else length(order[0]), multiple)
-        take = order[: rows_per_pass(model, width, len(order), limit, probe=ro.n)]
+        if packed:  # a pass holds the tokens it lays, a shared prompt once
+            tokens = laid_tokens([ro.prompt_ids[i] for i, _ in order], [ro.completion_ids[i][j] for i, j in order],
+                                 cfg.rollout.share_prompts)
+        else:  # every row padded to the first, the longest
+            tokens = [padded_width(length(order[0]), multiple)] * len(order)
+        take = order[: rows_per_pass(model, tokens, limit, probe=ro.n)]
         # Pad id 0 is never attended to (attention_mask 0) and never scored (completion_mask 0).
         prompts, completions = [ro.prompt_ids[i] for i, _ in take], [ro.completion_ids[i][j] for i, j in take]
         batch = (pack_packed(prompts, completions, device, cfg.rollout.share_prompts) if packed
