@@ -300,24 +300,29 @@ def main(argv=None) -> int:
                   f"{res['eager']['pg_grad_rel_l2_two_passes_vs_one']:.2e}), sft loss diff {comp['sft_loss_minus_eager']:.2e}",
                   flush=True)
         res["compiled"] = comp
+    def each_setting(slot: list, settings, label) -> tuple[dict, dict]:
+        """compiled() once per (name, value) of `settings` with slot[0] = value, restored after."""
+        ab, grads, before = {}, {}, slot[0]
+        try:
+            for name, value in settings:
+                slot[0] = value
+                ab[name], grads[name] = compiled(label(name))
+        finally:
+            slot[0] = before
+        return ab, grads
+
     if args.ab == "packing":
-        ab, grads = {}, {}
-        for name, setting in (("padded", False), ("packed", True)):
-            packed[0] = setting
-            ab[name], grads[name] = compiled(f"compiled, recompute {name}")
-        packed[0] = None
+        ab, grads = each_setting(packed, (("padded", False), ("packed", True)), lambda n: f"compiled, recompute {n}")
         ab["pg_grad_rel_l2_packed_vs_padded"] = rel_l2(grads["packed"], grads["padded"])
         ab["pg_packed_over_padded"] = ab["packed"]["pg_s"] / ab["padded"]["pg_s"]
         res["ab_packing"] = ab
         print(f"packed / padded: pg {ab['pg_packed_over_padded']:.3f}; pg gradient rel L2 between them "
               f"{ab['pg_grad_rel_l2_packed_vs_padded']:.2e}", flush=True)
     if args.ab == "shared_prompts":
-        ab, grads = {}, {}
         packed[0] = True  # sharing is a packed pass's (on a CPU: the per-sequence attention)
-        for name, setting in (("per_sample", False), ("shared", True)):
-            share[0] = setting
-            ab[name], grads[name] = compiled(f"compiled, prompts {name.replace('_', ' ')}")
-        share[0], packed[0] = True, None
+        ab, grads = each_setting(share, (("per_sample", False), ("shared", True)),
+                                 lambda n: f"compiled, prompts {n.replace('_', ' ')}")
+        packed[0] = None
         ab["shared"]["pg_x_floor_shared"] = ab["shared"]["pg_s"] / res["floors"]["pg_shared_s"]
         ab["shared"]["term_x_floor_shared"] = ab["shared"]["term_s"] / res["floors"]["pg_shared_s"]
         ab["pg_grad_rel_l2_shared_vs_per_sample"] = rel_l2(grads["shared"], grads["per_sample"])

@@ -186,7 +186,11 @@ def laid_tokens(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence
     """The tokens each sequence adds to a `pack_packed` row, in order: its prompt and completion,
     or its completion alone where it shares the prompt laid before it. A prefix of the sequences
     lays the same counts, so their running sum is the row length of any first-k pass."""
-    return [len(y) + (0 if s else len(p)) for p, y, s in zip(prompts, completions, _shared(prompts, completions, share_prompts))]
+    return _laid(prompts, completions, _shared(prompts, completions, share_prompts))
+
+
+def _laid(prompts, completions, shared: Sequence[bool]) -> list[int]:
+    return [len(y) + (0 if s else len(p)) for p, y, s in zip(prompts, completions, shared)]
 
 
 def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], device,
@@ -212,10 +216,12 @@ def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence
     query i then sees keys up to i + (keys - queries), the bottom-right aligned causal mask."""
     _check_pairs("pack_packed", prompts, completions)
     b, c = len(prompts), max(1, max(len(y) for y in completions))
-    ids, pos, kv, q_lens, k_lens = [], [], [], [], []
+    flags = _shared(prompts, completions, share_prompts)
+    q_lens = _laid(prompts, completions, flags)  # each sequence's query segment in the row
+    ids, pos, kv, k_lens = [], [], [], []
     index = np.zeros((b, c), dtype=np.int64)
     last_start, offset = 0, 0
-    for i, (p, y, shared) in enumerate(zip(prompts, completions, _shared(prompts, completions, share_prompts))):
+    for i, (p, y, shared) in enumerate(zip(prompts, completions, flags)):
         p, y = list(p), list(y)
         if not shared:
             last_start = offset
@@ -225,11 +231,10 @@ def pack_packed(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence
         ids += y
         pos += range(len(p), len(p) + len(y))
         kv += [*range(last_start, last_start + len(p)), *range(start, start + len(y))]
-        q_lens.append(len(y) + (0 if shared else len(p)))
         k_lens.append(len(p) + len(y))
         if y:
             index[i, : len(y)] = [last_start + len(p) - 1, *range(start, start + len(y) - 1)]
-        offset += q_lens[-1]
+        offset += q_lens[i]
     clen = np.array([len(y) for y in completions], dtype=np.int64)
     cmask = np.arange(c)[None, :] < clen[:, None]
     comp = np.zeros((b, c), dtype=np.int64)

@@ -365,20 +365,20 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     seqs = [(i, j) for i in range(ro.m) for j in range(ro.n)]
     # Padded passes take the longest first, so a pass pads little; packed passes keep a prompt's
     # samples together, so they share its one copy (rollout.share_prompts), and size a pass by
-    # the longest sequence left.
+    # the tokens it lays.
     if not packed:
         seqs.sort(key=lambda r: -length(r))
 
     def forward(order: list) -> tuple[list, dict, torch.Tensor, torch.Tensor | None]:
         """The forward of the next pass: as many of `order`'s first sequences as it takes."""
-        if packed:  # a pass holds the tokens it lays, a shared prompt once
-            tokens = laid_tokens([ro.prompt_ids[i] for i, _ in order], [ro.completion_ids[i][j] for i, j in order],
-                                 cfg.rollout.share_prompts)
-        else:  # every row padded to the first, the longest
-            tokens = [padded_width(length(order[0]), multiple)] * len(order)
-        take = order[: rows_per_pass(model, tokens, limit, probe=ro.n)]
+        prompts, completions = [ro.prompt_ids[i] for i, _ in order], [ro.completion_ids[i][j] for i, j in order]
+        # A packed pass holds the tokens it lays (a shared prompt once); a padded one, every row
+        # at the width of the first, the longest.
+        tokens = (laid_tokens(prompts, completions, cfg.rollout.share_prompts) if packed
+                  else [padded_width(length(order[0]), multiple)] * len(order))
+        n = rows_per_pass(model, tokens, limit, probe=ro.n)
+        take, prompts, completions = order[:n], prompts[:n], completions[:n]
         # Pad id 0 is never attended to (attention_mask 0) and never scored (completion_mask 0).
-        prompts, completions = [ro.prompt_ids[i] for i, _ in take], [ro.completion_ids[i][j] for i, j in take]
         batch = (pack_packed(prompts, completions, device, cfg.rollout.share_prompts) if packed
                  else pack(prompts, completions, 0, device, multiple))
         logp_tok = token_logprobs(model, batch, temp, min_new, eos)
