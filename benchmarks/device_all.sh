@@ -17,6 +17,9 @@
 #                                               # against one shared by its samples)
 #   bash benchmarks/device_all.sh run OUTDIR    # moderate_run.py: the whole moderate run through `polychromic
 #                                               # train` under a 76 GiB cap (model folder in ${BENCH_WORK:-/root/bench})
+#   bash benchmarks/device_all.sh cache OUTDIR  # the compile caches: a short run of the moderate config (160
+#                                               # examples, 20 steps) twice, in two processes sharing one inductor
+#                                               # and Triton cache folder, emptied before the first (cold/, warm/)
 #
 # Each writes its JSON and <mode>.log under OUTDIR. A group cut by its time limit keeps what it
 # wrote; a cut moderate run leaves its per-step metrics as moderate_metrics_partial.jsonl.
@@ -26,8 +29,8 @@ set -uo pipefail
 
 mode=${1:-}
 out=${2:-}
-if [[ -z $out || ! $mode =~ ^(step|peer|ab|share|run)$ ]]; then
-  echo "usage: bash benchmarks/device_all.sh step|peer|ab|share|run OUTDIR" >&2
+if [[ -z $out || ! $mode =~ ^(step|peer|ab|share|run|cache)$ ]]; then
+  echo "usage: bash benchmarks/device_all.sh step|peer|ab|share|run|cache OUTDIR" >&2
   exit 2
 fi
 cd "$(dirname "$0")/.."
@@ -54,9 +57,9 @@ run() {
 
 if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
   step_args=(--shape tiny --repeats 1) skip_more=,eval peer_args=(--shape tiny --repeats 1 --trl-steps 2 --variants shipped,shipped_per_sample)
-  run_args=(--shape tiny --examples 96 --device cpu)
+  run_args=(--shape tiny --examples 96 --device cpu) cache_args=(--shape tiny --examples 96 --device cpu)
 else
-  step_args=(--repeats 3) skip_more= peer_args=(--repeats 4 --trl-steps 3 --variants shipped,shipped_per_sample) run_args=(--memory-gb 76)
+  step_args=(--repeats 3) skip_more= peer_args=(--repeats 4 --trl-steps 3 --variants shipped,shipped_per_sample) run_args=(--memory-gb 76) cache_args=(--examples 160 --memory-gb 76)
 fi
 
 versions 2>&1 | tee "$log"
@@ -95,6 +98,15 @@ case $mode in
         [[ -f $m ]] && cp "$m" "$out/moderate_metrics_partial.jsonl"
       done
     fi
+    ;;
+  cache)
+    work=${BENCH_WORK:-/root/bench}
+    export TORCHINDUCTOR_CACHE_DIR=$work/compile_cache/inductor TRITON_CACHE_DIR=$work/compile_cache/triton
+    rm -rf "$work/compile_cache"
+    for phase in cold warm; do
+      run 280 python3 benchmarks/moderate_run.py "${cache_args[@]}" --work "$work" --out "$out/$phase" || status=$?
+    done
+    du -sh "$work/compile_cache"/* 2>&1 | tee -a "$log"
     ;;
 esac
 exit "$status"
