@@ -60,6 +60,7 @@ def test_compiled_layers_match_eager_and_leave_no_grad_calls_eager():
     with torch._dynamo.config.patch(recompile_limit=1):
         for shape in ((2, 5), (2, 6)):
             run(static, torch.randint(0, 96, shape, generator=g))
+        assert torch._dynamo.config.recompile_limit == 1  # raised only while a compiled layer runs
     assert counters["stats"]["unique_graphs"] - graphs == 2
 
     frames = dict(counters["frames"])
