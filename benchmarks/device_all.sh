@@ -8,8 +8,7 @@
 #   bash benchmarks/device_all.sh peer OUTDIR   # trl_peer.py: our step (the shipped settings, and the same with a
 #                                               # prompt copy per sample) beside TRL 1.16 GRPOTrainer (transformers
 #                                               # generate, then continuous batching), one process; installs the
-#                                               # wheels of ${WHEELS:-.whl2} into /tmp/site first; PEER_VARIANTS
-#                                               # names other variants of ours (trl_peer.py's VARIANTS)
+#                                               # wheels of ${WHEELS:-.whl2} into /tmp/site first
 #   bash benchmarks/device_all.sh ab OUTDIR     # the shipped settings' A/Bs: pg_profile.py --ab sft_packing (SFT
 #                                               # micro-batches padded and packed), then step_bench.py --compile
 #                                               # (every stage; optimizer_ab: the trainer's bookkeeping and the former)
@@ -57,10 +56,10 @@ run() {
 }
 
 if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
-  step_args=(--shape tiny --repeats 1) skip_more=,eval peer_args=(--shape tiny --repeats 1 --trl-steps 2 --variants ${PEER_VARIANTS:-shipped,shipped_per_sample})
+  step_args=(--shape tiny --repeats 1) skip_more=,eval peer_args=(--shape tiny --repeats 1 --trl-steps 2 --variants shipped,shipped_per_sample)
   run_args=(--shape tiny --examples 96 --device cpu) cache_args=(--shape tiny --examples 96 --device cpu)
 else
-  step_args=(--repeats 3) skip_more= peer_args=(--repeats 4 --trl-steps 3 --variants ${PEER_VARIANTS:-shipped,shipped_per_sample}) run_args=(--memory-gb 76) cache_args=(--examples 160 --memory-gb 76)
+  step_args=(--repeats 3) skip_more= peer_args=(--repeats 4 --trl-steps 3 --variants shipped,shipped_per_sample) run_args=(--memory-gb 76) cache_args=(--examples 160 --memory-gb 76)
 fi
 
 versions 2>&1 | tee "$log"

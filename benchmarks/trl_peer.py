@@ -58,7 +58,7 @@ from polychromic.prompts import padded_width  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
 from polychromic.training.allocator import configure_allocator  # noqa: E402
 from polychromic.generation import fast as fastgen  # noqa: E402
-from polychromic.training.compiled import RECOMPILE_LIMIT, compile_layers, decoder_layers, uncompile  # noqa: E402
+from polychromic.training.compiled import compile_layers, uncompile  # noqa: E402
 from polychromic.training.loop import make_optimizer  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.rollout import generate_rollouts, packing, rollout_seed  # noqa: E402
@@ -76,7 +76,6 @@ VARIANTS = {
     "shipped": ("sdpa", 1, NO_CUDNN, True, None, True),
     "shipped_padded": ("sdpa", 1, NO_CUDNN, True, False, True),
     "shipped_per_sample": ("sdpa", 1, NO_CUDNN, True, None, False),
-    "shipped_config_patch": ("sdpa", 1, NO_CUDNN, True, None, True),
 }
 """Our step's settings: (attn_implementation, trainer.pad_to_multiple_of, the SDPA backends
 allowed (None = torch's choice), trainer.compile, rollout.packed_recompute: None, the
@@ -89,22 +88,7 @@ under SDPA. compiled runs the decoder layers' training passes through torch.comp
 run: compiled, without cuDNN's attention (trainer.cudnn_attention false) in training and
 sampling alike, as train() sets it; shipped_padded the same with the recompute right-padded
 (the setting before packed passes, training/packed.py); shipped_per_sample the same packed, with
-a copy of the prompt per sample (the setting before shared prompts); shipped_config_patch the
-same as shipped with each compiled layer's call inside torch._dynamo.config.patch, the way the
-layers raised dynamo's recompile limit before they set it by hand (its host cost per call)."""
-
-
-def _patch_per_call(model) -> None:
-    """Each compiled decoder layer's call inside torch._dynamo.config.patch (shipped_config_patch)."""
-    for layer in decoder_layers(model):
-        call = layer._compiled_call_impl
-
-        def patched(*args, _call=call, **kwargs):
-            with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
-                return _call(*args, **kwargs)
-
-        patched.polychromic_compiled = True
-        layer._compiled_call_impl = patched
+a copy of the prompt per sample (the setting before shared prompts)."""
 
 
 def _backends(names):
@@ -128,8 +112,6 @@ def ours(args, dev, dtype, work: Path, paths: list[str], variants: list[str]) ->
         impl, multiple, backends, comp, packed_setting, share = VARIANTS[variant]
         if comp:
             compile_layers(model)
-            if variant == "shipped_config_patch":
-                _patch_per_call(model)
         vcfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, pad_to_multiple_of=multiple),
                                    rollout=dataclasses.replace(cfg.rollout, packed_recompute=packed_setting, share_prompts=share))
         packed = packing(model, packed_setting)
