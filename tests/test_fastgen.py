@@ -257,6 +257,34 @@ def test_plan_chunks():
     assert fastgen.plan_chunks(0, 8) == []
 
 
+def test_chunk_cap_from_free_memory():
+    # budget = MEMORY_FRACTION (0.5) x 100 = 50 bytes; a new bucket costs 1 + 0.25 a row -> 40 rows
+    assert fastgen.MEMORY_FRACTION == 0.5
+    assert fastgen.chunk_cap(100, None, 100, 1.0, 0.25) == 40
+    assert fastgen.chunk_cap(30, None, 100, 1.0, 0.25) == 30  # the rows there are
+    assert fastgen.chunk_cap(100, 16, 100, 1.0, 0.25) == 16  # batch_size
+    assert fastgen.chunk_cap(100, None, 1, 1.0, 0.25) == fastgen.ROW_BUCKET  # never below one bucket
+    # A held bucket at this length needs only its temporaries: 48 rows x 0.25 = 12 <= 50
+    assert fastgen.chunk_cap(100, None, 100, 1.0, 0.25, held=[48]) == 48
+    assert fastgen.chunk_cap(100, None, 100, 1.0, 0.25, held=[104]) == 100  # 100 rows fit the 104-row bucket
+    assert fastgen.chunk_cap(100, None, 100, 1.0, 0.25, held=[200]) == 40  # larger than any chunk: not taken
+    assert fastgen.chunk_cap(100, None, 100, 1.0, 2.0, held=[48]) == 16  # its temporaries (96) do not fit: 50 // 3
+    assert fastgen.chunk_cap(100, None, 100, 1.0, 0.25, held=[16]) == 40  # a larger new bucket fits: taken
+
+
+def test_chunk_cap_keeps_the_bucket_a_first_call_allocated():
+    """500 rows: the first call takes a 504-row bucket; its cache then leaves less free memory,
+    which must not send the second call of the same shape to a new, smaller bucket."""
+    kv, temp, free = 28.0, 10.0, 40_000.0
+    first = fastgen.chunk_cap(500, 512, free, kv, temp)
+    assert first == 500 and fastgen.plan_chunks(500, first) == [500]
+    bucket = 504
+    left = free - bucket * kv
+    assert int(0.5 * left // (kv + temp)) // 8 * 8 == 336  # what free memory alone would allow now
+    assert fastgen.chunk_cap(500, 512, left, kv, temp, held=[bucket]) == 500
+    assert fastgen.plan_chunks(5000, fastgen.chunk_cap(5000, 512, left, kv, temp, held=[bucket])) == [500] * 10
+
+
 # ---------------------------------------------------------------------------------------------
 # CUDA: the real path, through generation.sample's dispatch
 

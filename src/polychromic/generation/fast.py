@@ -403,18 +403,35 @@ def plan_chunks(total: int, cap: int) -> list[int]:
     return [base + 1] * extra + [base] * (k - extra)
 
 
-def _chunk_cap(eng: _Engine, total: int, batch_size: int | None, width: int, length: int, vocab: int) -> int:
+def chunk_cap(total: int, batch_size: int | None, free: float, kv_per_row: float, temp_per_row: float,
+              held: Sequence[int] = ()) -> int:
+    """Rows per chunk: at most `batch_size` (MAX_CHUNK_ROWS when None) and `total`, and what
+    MEMORY_FRACTION of the `free` bytes holds at kv_per_row + temp_per_row a row for a new
+    bucket. A bucket already held at this cache length (`held`: its rows) has its KV cache paid
+    for, so a chunk that fits it needs only the temporaries: without this, the memory a first
+    call's bucket took would shrink the next call's chunks to a new bucket of its own, with
+    its own capture and cache (evaluation's greedy pass after its sampling pass, on a card with
+    little to spare)."""
     cap = min(total, batch_size or MAX_CHUNK_ROWS)
+    budget = MEMORY_FRACTION * free
+    new = int(budget // (kv_per_row + temp_per_row)) // ROW_BUCKET * ROW_BUCKET
+    reuse = max((r for r in held if r <= _round_up(cap, ROW_BUCKET) and r * temp_per_row <= budget), default=0)
+    return max(ROW_BUCKET, min(cap, max(new, reuse)))
+
+
+def _chunk_cap(eng: _Engine, total: int, batch_size: int | None, width: int, length: int, vocab: int) -> int:
     if eng.device.type != "cuda":
-        return cap
+        return min(total, batch_size or MAX_CHUNK_ROWS)
     s = eng.shape
     elem = torch.empty((), dtype=eng.dtype).element_size()
     # Per row: its KV cache, the prefill's widest temporaries (gate/up activations over the prompt),
     # and the float32 vocabulary rows of sampling (logits, probabilities, noise, sort).
-    per_row = (eng.n_layers * 2 * s.n_kv * length * s.head_dim * elem + width * 4 * s.inter * elem + 6 * vocab * 4)
+    kv = eng.n_layers * 2 * s.n_kv * length * s.head_dim * elem
+    temp = width * 4 * s.inter * elem + 6 * vocab * 4
     free, _ = torch.cuda.mem_get_info(eng.device)
     free += torch.cuda.memory_reserved(eng.device) - torch.cuda.memory_allocated(eng.device)
-    return max(ROW_BUCKET, min(cap, int(MEMORY_FRACTION * free // per_row) // ROW_BUCKET * ROW_BUCKET))
+    held = [rows for rows, held_length in eng.buckets if held_length == length]
+    return chunk_cap(total, batch_size, free, kv, temp, held)
 
 
 @torch.no_grad()
