@@ -272,6 +272,29 @@ def test_chunk_cap_from_free_memory():
     assert fastgen.chunk_cap(100, None, 100, 1.0, 0.25, held=[16]) == 40  # a larger new bucket fits: taken
 
 
+def test_chunk_cap_on_a_gpu_counts_the_buckets_held_at_this_length(monkeypatch):
+    """The engine's branch with a stand-in CUDA engine and fixed free memory: the buckets held at
+    the call's cache length enter as `held`, those at another length do not."""
+    from collections import OrderedDict
+
+    from polychromic.generation.fast_layers import Shape
+
+    shape = Shape(n_heads=4, n_kv=2, head_dim=4, inter=8, eps=1e-6, scaling=0.5)
+    eng = SimpleNamespace(device=torch.device("cuda", 0), shape=shape, dtype=torch.bfloat16, n_layers=2, buckets=OrderedDict())
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (6_000_000, 80_000_000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 1_000)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1_000)
+    kv = 2 * 2 * 2 * 192 * 4 * 2  # layers x (K, V) x KV heads x length x head_dim x bytes: 12,288 a row
+    temp = 64 * 4 * 8 * 2 + 6 * 16 * 4  # prefill temporaries + sampling's vocabulary rows: 4,480 a row
+    assert 3_000_000 // (kv + temp) // 8 * 8 == 176
+    args = (eng, 500, 512, 64, 192, 16)
+    assert fastgen._chunk_cap(*args) == 176  # nothing held
+    eng.buckets[(496, 256)] = None  # another cache length: no help
+    assert fastgen._chunk_cap(*args) == 176
+    eng.buckets[(504, 192)] = None  # 504 x 4,480 = 2.26 MB of temporaries fit the 3 MB budget
+    assert fastgen._chunk_cap(*args) == 500
+
+
 def test_chunk_cap_keeps_the_bucket_a_first_call_allocated():
     """500 rows: the first call takes a 504-row bucket; its cache then leaves less free memory,
     which must not send the second call of the same shape to a new, smaller bucket."""
