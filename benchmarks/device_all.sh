@@ -20,6 +20,9 @@
 #   bash benchmarks/device_all.sh cache OUTDIR  # the compile caches: a short run of the moderate config (160
 #                                               # examples, 20 steps) twice, in two processes sharing one inductor
 #                                               # and Triton cache folder, emptied before the first (cold/, warm/)
+#   bash benchmarks/device_all.sh eval OUTDIR   # eval_bench.py: one model's whole evaluation generation (500 prompts x
+#                                               # 10 samples + greedy, in evaluate's order), cold and warm, the shipped
+#                                               # chunk rule beside the former one
 #
 # Each writes its JSON and <mode>.log under OUTDIR. A group cut by its time limit keeps what it
 # wrote; a cut moderate run leaves its per-step metrics as moderate_metrics_partial.jsonl.
@@ -29,8 +32,8 @@ set -uo pipefail
 
 mode=${1:-}
 out=${2:-}
-if [[ -z $out || ! $mode =~ ^(step|peer|ab|share|run|cache)$ ]]; then
-  echo "usage: bash benchmarks/device_all.sh step|peer|ab|share|run|cache OUTDIR" >&2
+if [[ -z $out || ! $mode =~ ^(step|peer|ab|share|run|cache|eval)$ ]]; then
+  echo "usage: bash benchmarks/device_all.sh step|peer|ab|share|run|cache|eval OUTDIR" >&2
   exit 2
 fi
 cd "$(dirname "$0")/.."
@@ -58,8 +61,10 @@ run() {
 if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
   step_args=(--shape tiny --repeats 1) skip_more=,eval peer_args=(--shape tiny --repeats 1 --trl-steps 2 --variants shipped,shipped_per_sample)
   run_args=(--shape tiny --examples 96 --device cpu) cache_args=(--shape tiny --examples 96 --device cpu)
+  eval_args=(--shape tiny --prompts 24)
 else
   step_args=(--repeats 3) skip_more= peer_args=(--repeats 4 --trl-steps 3 --variants shipped,shipped_per_sample) run_args=(--memory-gb 76) cache_args=(--examples 160 --memory-gb 76)
+  eval_args=()
 fi
 
 versions 2>&1 | tee "$log"
@@ -107,6 +112,9 @@ case $mode in
       run 280 python3 benchmarks/moderate_run.py "${cache_args[@]}" --work "$work" --out "$out/$phase" || status=$?
     done
     du -sh "$work/compile_cache"/* 2>&1 | tee -a "$log"
+    ;;
+  eval)
+    run 560 python3 benchmarks/eval_bench.py ${eval_args[@]+"${eval_args[@]}"} --out "$out" || status=$?
     ;;
 esac
 exit "$status"
