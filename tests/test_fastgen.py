@@ -265,11 +265,16 @@ def test_chunk_cap_from_free_memory():
     assert fastgen.chunk_cap(100, 16, 100, 1.0, 0.25) == 16  # batch_size
     assert fastgen.chunk_cap(100, None, 1, 1.0, 0.25) == fastgen.ROW_BUCKET  # never below one bucket
     # A held bucket at this length needs only its temporaries: 48 rows x 0.25 = 12 <= 50
-    assert fastgen.chunk_cap(100, None, 100, 1.0, 0.25, held=[48]) == 48
+    assert fastgen.chunk_cap(96, None, 100, 1.0, 0.25, held=[48]) == 48  # 2 x 48
+    assert fastgen.chunk_cap(100, None, 100, 1.0, 0.25, held=[48]) == 40  # 34 + 33 + 33 would fill a new 40-row bucket
     assert fastgen.chunk_cap(100, None, 100, 1.0, 0.25, held=[104]) == 100  # 100 rows fit the 104-row bucket
     assert fastgen.chunk_cap(100, None, 100, 1.0, 0.25, held=[200]) == 40  # larger than any chunk: not taken
-    assert fastgen.chunk_cap(100, None, 100, 1.0, 2.0, held=[48]) == 16  # its temporaries (96) do not fit: 50 // 3
+    assert fastgen.chunk_cap(96, None, 100, 1.0, 2.0, held=[48]) == 16  # its temporaries (96) do not fit: 50 // 3
     assert fastgen.chunk_cap(100, None, 100, 1.0, 0.25, held=[16]) == 40  # a larger new bucket fits: taken
+    # 600 rows at 504 would be planned as 2 x 300 (a new 304-row bucket): the held one is not taken
+    assert fastgen.plan_chunks(600, 504) == [300, 300]
+    assert fastgen.chunk_cap(600, 512, 2000, 28.0, 1.0, held=[504]) == 32  # 1000 // 29 = 34 -> 32 rows
+    assert fastgen.chunk_cap(1000, 512, 2000, 28.0, 1.0, held=[504]) == 504  # 2 x 500: both in the held bucket
 
 
 def test_chunk_cap_on_a_gpu_counts_the_buckets_held_at_this_length(monkeypatch):

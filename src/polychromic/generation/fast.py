@@ -408,14 +408,16 @@ def chunk_cap(total: int, batch_size: int | None, free: float, kv_per_row: float
     """Rows per chunk: at most `batch_size` (MAX_CHUNK_ROWS when None) and `total`, and what
     MEMORY_FRACTION of the `free` bytes holds at kv_per_row + temp_per_row a row for a new
     bucket. A bucket already held at this cache length (`held`: its rows) has its KV cache paid
-    for, so a chunk that fits it needs only the temporaries: without this, the memory a first
-    call's bucket took would shrink the next call's chunks to a new bucket of its own, with
-    its own capture and cache (evaluation's greedy pass after its sampling pass, on a card with
-    little to spare)."""
+    for, so chunks planned to land in it need only the temporaries: without this, the memory a
+    first call's bucket took would shrink the next call of the same shape to a new bucket of its
+    own, with its own capture, cache and chunk layout (so other samples for the same seed). A
+    held bucket is taken only when plan_chunks at that size fills it, so no chunk ends up in a
+    new bucket that the free memory was never checked for."""
     cap = min(total, batch_size or MAX_CHUNK_ROWS)
     budget = MEMORY_FRACTION * free
     new = int(budget // (kv_per_row + temp_per_row)) // ROW_BUCKET * ROW_BUCKET
-    reuse = max((r for r in held if r <= _round_up(cap, ROW_BUCKET) and r * temp_per_row <= budget), default=0)
+    fits = lambda r: _round_up(plan_chunks(total, min(cap, r))[0], ROW_BUCKET) == r  # noqa: E731
+    reuse = max((r for r in held if r <= _round_up(cap, ROW_BUCKET) and r * temp_per_row <= budget and fits(r)), default=0)
     return max(ROW_BUCKET, min(cap, max(new, reuse)))
 
 
