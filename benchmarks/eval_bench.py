@@ -56,9 +56,12 @@ def sync():
         torch.cuda.synchronize()
 
 
+SHIPPED_CHUNK_CAP = fastgen.chunk_cap
+
+
 def former_chunk_cap(total, batch_size, free, kv_per_row, temp_per_row, held=()):
     """The chunk size before held buckets counted: free memory alone."""
-    return fastgen.chunk_cap(total, batch_size, free, kv_per_row, temp_per_row, held=())
+    return SHIPPED_CHUNK_CAP(total, batch_size, free, kv_per_row, temp_per_row, held=())
 
 
 def one_pass(model, tok, cfg, ids: list[list[int]]) -> dict:
@@ -121,14 +124,13 @@ def main(argv=None) -> int:
                  "host": bm.host(), "prompts": len(ids), "k": cfg.eval.k, "temperature": cfg.eval.temperature,
                  "batch_size": cfg.eval.batch_size, "max_new_tokens": cfg.eval.max_new_tokens,
                  "total_gib": torch.cuda.get_device_properties(dev).total_memory / 2**30 if cuda else None, "variants": {}}
-    shipped_cap = fastgen.chunk_cap
     for v in variants:
         fastgen.release(model)
-        fastgen.chunk_cap = shipped_cap if v == "shipped" else former_chunk_cap
+        fastgen.chunk_cap = SHIPPED_CHUNK_CAP if v == "shipped" else former_chunk_cap
         try:
             res["variants"][v] = {phase: one_pass(model, tok, cfg, ids) for phase in ("cold", "warm")}
         finally:
-            fastgen.chunk_cap = shipped_cap
+            fastgen.chunk_cap = SHIPPED_CHUNK_CAP
         for phase, r in res["variants"][v].items():
             print(f"{v:8s} {phase}: {r['seconds']:.1f} s (samples {r['sample_s']:.1f} s, greedy {r['greedy_s']:.1f} s), "
                   f"{r['captures']} calls captured, buckets {r['buckets']}", flush=True)
