@@ -123,6 +123,31 @@ def build_model(shape: str, device, dtype, tokenizer=None, seed: int = 0):
     return model.eval(), tokenizer
 
 
+def with_adapter(base):
+    """`base` with the benchmarks' LoRA (r=16, alpha 16, dropout 0.1 on the seven projections),
+    B drawn non-zero: a trained-looking adapter (B = 0 makes the A gradients and the merge trivial)."""
+    import torch
+
+    from polychromic.config import LoraConfig
+    from polychromic.models import attach_lora
+
+    model = attach_lora(base, LoraConfig(r=16, alpha=16, dropout=0.1, target_modules=TARGETS))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=1e-3)
+    return model
+
+
+def comma_list(ap, flag: str, value: str, allowed) -> list[str]:
+    """The non-empty items of a comma-separated option; argparse's error when none is given or
+    one is not in `allowed`."""
+    items = [x for x in value.split(",") if x]
+    if not items or set(items) - set(allowed):
+        ap.error(f"{flag} {value!r}: a comma list of {', '.join(allowed)}")
+    return items
+
+
 def write_model(folder: Path, shape: str, device, dtype) -> Path:
     """config.json + safetensors + tokenizer of a random-weight model of `shape` (skipped when
     the folder is already complete)."""

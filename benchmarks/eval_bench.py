@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -39,13 +40,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
 
-from polychromic.config import LoraConfig, load_config  # noqa: E402
+from polychromic.config import load_config  # noqa: E402
 from polychromic.data import render_prompt  # noqa: E402
 from polychromic.evaluation.run import chunk_seed, sampling_params  # noqa: E402
 from polychromic.generation import fast as fastgen  # noqa: E402
 from polychromic.generation import sample  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
-from polychromic.models import attach_lora  # noqa: E402
 
 CONFIG = "polychromic_1.0_moderate"
 VARIANTS = ("shipped", "former")
@@ -98,24 +98,15 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="shipped,former", help=f"comma list of {', '.join(VARIANTS)}, run in that order")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
-    variants = [v for v in args.variants.split(",") if v]
-    if not variants or set(variants) - set(VARIANTS):
-        ap.error(f"--variants {args.variants!r}: a comma list of {', '.join(VARIANTS)}")
+    variants = bm.comma_list(ap, "--variants", args.variants, VARIANTS)
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
     base, tok = bm.build_model(args.shape, dev, dtype)
-    model = attach_lora(base, LoraConfig(r=16, alpha=16, dropout=0.1, target_modules=bm.TARGETS))
-    with torch.no_grad():  # a trained-looking adapter: the merge does real work
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=1e-3)
-    model.eval()
+    model = bm.with_adapter(base).eval()  # B non-zero: the merge does real work
     cfg = load_config(CONFIG, [])
     work = Path(tempfile.mkdtemp(prefix="eval_bench_"))
     prep = bm.write_tweets(work / "prepared", 3 * args.prompts, bm.SHAPES[args.shape]["vocab_size"], seed=2)
-    import json
-
     texts = list(dict.fromkeys(json.loads(x)["prompt"] for x in (prep / "train.jsonl").read_text().splitlines()))
     if len(texts) < args.prompts:
         raise ValueError(f"{len(texts)} distinct synthetic prompts, {args.prompts} asked for")
@@ -134,8 +125,7 @@ def main(argv=None) -> int:
         for phase, r in res["variants"][v].items():
             print(f"{v:8s} {phase}: {r['seconds']:.1f} s (samples {r['sample_s']:.1f} s, greedy {r['greedy_s']:.1f} s), "
                   f"{r['captures']} calls captured, buckets {r['buckets']}", flush=True)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.out:  # atomic_write_json makes the folder
         print(f"wrote {atomic_write_json(Path(args.out) / 'eval_bench.json', res)}")
     return 0
 

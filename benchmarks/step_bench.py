@@ -64,11 +64,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
 
-from polychromic.config import LoraConfig, load_config  # noqa: E402
+from polychromic.config import load_config  # noqa: E402
 from polychromic.data import render_prompt  # noqa: E402
 from polychromic.generation import SamplingParams, sample  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
-from polychromic.models import attach_lora, load_embedder  # noqa: E402
+from polychromic.models import load_embedder  # noqa: E402
 from polychromic.training.loop import _norm, _set_grads, _take_grads, make_optimizer  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.objectives.sft import ce_loss, count_targets  # noqa: E402
@@ -248,12 +248,8 @@ def whole_step(model, tok, cfg, embedder, micro, texts, prompt_ids, opt, params,
 def setup(shape: str, device, dtype, work: Path, lora: str = "fast"):
     """The model with its LoRA on `lora`'s path (use_lora_path), tokenizer, config, embedder, prompts."""
     base, tok = bm.build_model(shape, device, dtype)
-    model = attach_lora(base, LoraConfig(r=16, alpha=16, dropout=0.1, target_modules=bm.TARGETS))
+    model = bm.with_adapter(base)
     use_lora_path(model, lora)
-    with torch.no_grad():  # a trained-looking adapter (B = 0 makes the A gradients and the merge trivial)
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=1e-3)
     model.train()
     emb_dir = bm.write_embedder(work / "minilm", tiny=shape == "tiny")
     cfg = load_config(CONFIG, ["objective.quality=constant", f"objective.diversity_encoder_model={emb_dir}"])
@@ -344,9 +340,7 @@ def main(argv=None) -> int:
     alloc = configure_allocator(not args.no_expandable_segments, "auto")  # what the trainer does, before CUDA starts
     torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention)  # as train() does with trainer.cudnn_attention
     skip = set(filter(None, args.skip.split(",")))
-    paths = [x for x in args.lora.split(",") if x]
-    if not paths or set(paths) - {"fast", "peft"}:
-        ap.error(f"--lora {args.lora!r}: a comma list of fast, peft")
+    paths = bm.comma_list(ap, "--lora", args.lora, ("fast", "peft"))
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32

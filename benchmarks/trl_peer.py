@@ -259,12 +259,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
     alloc = configure_allocator(True, "auto")  # as the trainer does, before CUDA starts; TRL runs under the same
-    paths = [x for x in args.lora.split(",") if x]
-    if not paths or set(paths) - {"fast", "peft"}:
-        ap.error(f"--lora {args.lora!r}: a comma list of fast, peft")
-    variants = [x for x in args.variants.split(",") if x]
-    if not variants or set(variants) - set(VARIANTS):
-        ap.error(f"--variants {args.variants!r}: a comma list of {', '.join(VARIANTS)}")
+    paths = bm.comma_list(ap, "--lora", args.lora, ("fast", "peft"))
+    variants = bm.comma_list(ap, "--variants", args.variants, VARIANTS)
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32

@@ -416,8 +416,8 @@ def chunk_cap(total: int, batch_size: int | None, free: float, kv_per_row: float
     cap = min(total, batch_size or MAX_CHUNK_ROWS)
     budget = MEMORY_FRACTION * free
     new = int(budget // (kv_per_row + temp_per_row)) // ROW_BUCKET * ROW_BUCKET
-    fits = lambda r: _round_up(plan_chunks(total, min(cap, r))[0], ROW_BUCKET) == r  # noqa: E731
-    reuse = max((r for r in held if r <= _round_up(cap, ROW_BUCKET) and r * temp_per_row <= budget and fits(r)), default=0)
+    fills = lambda r: _round_up(plan_chunks(total, min(cap, r))[0], ROW_BUCKET) == r  # noqa: E731 (so r <= cap's bucket)
+    reuse = max((r for r in held if r * temp_per_row <= budget and fills(r)), default=0)
     return max(ROW_BUCKET, min(cap, max(new, reuse)))
 
 
