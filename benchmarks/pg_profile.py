@@ -31,20 +31,26 @@ In one process:
              counts the real tokens;
              (--ab shared_prompts) the same with the packed recompute running a prompt once
              per sample (rollout.share_prompts false) and once for its N samples (true, the
-             default); floors_shared is the floor of the shared layout's tokens
+             default); floors_shared is the floor of the shared layout's tokens;
+             (--ab overlap_scoring) the same with the scoring on the forward's stream and on a
+             second stream with the advantages copied in without waiting
+             (polychromic.OVERLAP_SCORING): compare term_s, which includes the scoring
 
 SDPA's cuDNN backend is left out unless --cudnn-attention, as the trainer does
 (trainer.cudnn_attention).
 
 Each profile also lists where the GPU sat idle inside the pass: the total of the gaps between
-consecutive kernels, and the largest gaps with the kernels on either side (a gap is host time:
-a synchronisation, Python, a launch the CPU has not issued yet).
+consecutive kernels, and the largest gaps with the kernels on either side, where in the pass
+each falls and what the host was in meanwhile (a gap is host time: a synchronisation, Python, a
+launch the CPU has not issued yet; rollout_term labels its phases rollout_term.forward, .score,
+.advantages and .backward), and the host's time before the first kernel.
 
     PYTHONPATH=src python3 benchmarks/pg_profile.py                     # on the GPU
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab lora_add   # in place against out of place
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab packing    # padded against packed recompute
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab sft_packing  # padded against packed SFT
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab shared_prompts  # a prompt per sample against shared
+    PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab overlap_scoring # scoring on one stream or beside it
     PYTHONPATH=src python benchmarks/pg_profile.py --shape tiny --repeats 1 --no-compile   # CPU smoke
 
 Writes pg_profile.json to --out (default $OUT) and prints a summary.
@@ -92,25 +98,41 @@ def kind(name: str) -> str:
     return "other"
 
 
-def idle_gaps(kernels: list[tuple[float, float, str]], top: int = 10) -> dict:
+def idle_gaps(kernels: list[tuple[float, float, str]], top: int = 10,
+              host: list[tuple[float, float, str]] | None = None) -> dict:
     """Gaps between consecutive kernels given as (start_us, end_us, name): their total in seconds
-    and the `top` largest with the kernels before and after (overlapping kernels leave no gap)."""
+    and the `top` largest with the kernels before and after (overlapping kernels leave no gap)
+    and where each starts (at_ms, from the first kernel). With the host's ranges given the same
+    way: what the host was in at each gap's midpoint (host_stack, outermost first), and the
+    host's time before the first kernel (lead_ms, from the first host range) with its stack."""
     kernels = sorted(kernels)
     gaps, end, before = [], None, None
     for start, stop, name in kernels:
         if end is not None and start > end:
-            gaps.append((start - end, before, name))
+            gaps.append((start - end, before, name, end))
         if end is None or stop > end:
             end, before = stop, name
     gaps.sort(key=lambda g: -g[0])
-    return {"span_s": (end - kernels[0][0]) / 1e6 if kernels else 0.0, "idle_s": sum(g[0] for g in gaps) / 1e6,
-            "gaps": len(gaps), "largest": [{"ms": g[0] / 1e3, "after": g[1][:100], "before": g[2][:100]} for g in gaps[:top]]}
+    largest = []
+    for size, after, name, at in gaps[:top]:
+        g = {"ms": size / 1e3, "after": after[:100], "before": name[:100], "at_ms": (at - kernels[0][0]) / 1e3}
+        if host is not None:
+            g["host_stack"] = host_stack(host, at + size / 2)
+        largest.append(g)
+    out = {"span_s": (end - kernels[0][0]) / 1e6 if kernels else 0.0, "idle_s": sum(g[0] for g in gaps) / 1e6,
+           "gaps": len(gaps), "largest": largest}
+    if host and kernels:
+        first = min(r[0] for r in host)
+        out["lead_ms"] = max(0.0, kernels[0][0] - first) / 1e3
+        out["lead_host_stack"] = host_stack(host, (first + kernels[0][0]) / 2)
+    return out
 
 
-def device_kernels(prof) -> list[tuple[float, float, str]]:
-    """(start_us, end_us, name) of every GPU kernel, memcpy and memset the profiler recorded."""
-    return [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
-            if str(getattr(e, "device_type", "")).endswith("CUDA") and e.time_range.end > e.time_range.start]
+def host_stack(host: list[tuple[float, float, str]], t: float, depth: int = 8) -> list[str]:
+    """The names of the host ranges (start_us, end_us, name) open at time t, outermost first (the
+    earliest start, the longest first among equal starts); the innermost `depth` of them."""
+    open_ = sorted((r for r in host if r[0] <= t < r[1]), key=lambda r: (r[0], -r[1]))
+    return [name for _, _, name in open_][-depth:]
 
 
 def profile(fn, cuda: bool) -> dict:
@@ -137,7 +159,7 @@ def profile(fn, cuda: bool) -> dict:
     busy = sum(s for _, s, _ in kernels)
     kernels.sort(key=lambda k: -k[1])
     return {"wall_s": wall, "gpu_busy_s": busy, "busy_share": busy / wall if wall else None, "by_kind_s": by_kind,
-            "idle": idle_gaps(device_kernels(prof)) if cuda else None,
+            "idle": idle_gaps(device_kernels(prof), host=device_kernels(prof, "CPU")) if cuda else None,
             "kernel_launches": sum(c for _, _, c in kernels),
             "top": [{"kernel": n[:160], "seconds": s, "calls": c, "kind": kind(n)} for n, s, c in kernels[:25]]}
 
@@ -159,8 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--skip-eager", action="store_true", help="measure the compiled passes only (the compiled "
                     "gradient is then compared with nothing)")
-    ap.add_argument("--ab", choices=("lora_add", "packing", "sft_packing", "shared_prompts"), help="the compiled passes two ways, side by side: "
-                    "the LoRA branch added out of place and in place, or the recompute padded and packed")
+    ap.add_argument("--ab", choices=("lora_add", "packing", "sft_packing", "shared_prompts", "overlap_scoring"),
+                    help="the compiled passes two ways, side by side (module docstring)")
     ap.add_argument("--cudnn-attention", action="store_true", help="let SDPA pick cuDNN (trainer.cudnn_attention)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
@@ -259,9 +281,11 @@ def main(argv=None) -> int:
                 if p["idle"]:
                     idle = p["idle"]
                     print(f"    idle between kernels {idle['idle_s'] * 1e3:.1f} ms in {idle['gaps']} gaps over a "
-                          f"{idle['span_s'] * 1e3:.1f} ms span; largest:", flush=True)
+                          f"{idle['span_s'] * 1e3:.1f} ms span, after {idle.get('lead_ms', 0.0):.1f} ms of host work "
+                          f"before the first kernel ({' > '.join(idle.get('lead_host_stack', [])[-4:])}); largest:", flush=True)
                     for g in idle["largest"][:6]:
-                        print(f"      {g['ms']:7.2f} ms after {g['after'][:60]} | before {g['before'][:60]}", flush=True)
+                        print(f"      {g['ms']:7.2f} ms at {g['at_ms']:7.1f} ms after {g['after'][:60]} | before "
+                              f"{g['before'][:60]}; host in: {' > '.join(g['host_stack'][-4:])}", flush=True)
         return out
 
     g_eager = None
@@ -334,6 +358,19 @@ def main(argv=None) -> int:
               f"{res['pg_tokens']}; shared {ab['shared']['pg_x_floor_shared']:.2f}x the floor of its tokens "
               f"{res['floors']['pg_shared_s']:.3f} s); pg gradient rel L2 between them "
               f"{ab['pg_grad_rel_l2_shared_vs_per_sample']:.2e}", flush=True)
+    if args.ab == "overlap_scoring":
+        ab, grads, shipped = {}, {}, poly.OVERLAP_SCORING
+        try:
+            for name, on in (("one_stream", False), ("overlapped", True)):
+                poly.OVERLAP_SCORING = on
+                ab[name], grads[name] = compiled(f"compiled, scoring {name.replace('_', ' ')}")
+        finally:
+            poly.OVERLAP_SCORING = shipped
+        ab["pg_grad_rel_l2_overlapped_vs_one_stream"] = rel_l2(grads["overlapped"], grads["one_stream"])
+        ab["term_overlapped_over_one_stream"] = ab["overlapped"]["term_s"] / ab["one_stream"]["term_s"]
+        res["ab_overlap_scoring"] = ab
+        print(f"overlapped / one stream: term {ab['term_overlapped_over_one_stream']:.3f} (scoring included); pg "
+              f"gradient rel L2 between them {ab['pg_grad_rel_l2_overlapped_vs_one_stream']:.2e}", flush=True)
     if args.ab == "sft_packing":
         ab = {}
         for name, batch in (("padded", collate(examples, 0)), ("packed", collate_packed(examples))):

@@ -15,7 +15,7 @@ from polychromic.training import fast_lora
 from polychromic.training.objectives import polychromic as poly
 from polychromic.training import packed as packed_mod
 from polychromic.training.rollout import (fitting_rows, generate_rollouts, laid_tokens, pack, pack_packed, packing,
-                                          rows_per_pass, tempered_logprobs, token_logprobs)
+                                          rows_per_pass, scoring_stream, tempered_logprobs, to_device, token_logprobs)
 
 
 def test_tempered_logprobs_match_log_softmax_in_value_and_gradient():
@@ -241,6 +241,74 @@ def test_batched_recompute_gives_the_group_by_group_gradient(tiny):
                 torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-7, msg=f"{n} through fast_lora {extra}")
     finally:
         fast_lora.uninstall(model)
+
+
+OVERLAP_BASE = ["objective.name=polychromic", "objective.diversity_weight=1.0", "objective.quality=constant",
+                "objective.kl_beta=0.3", "objective.diversity_metric=semantic", "rollout.n_generations=4",
+                "rollout.max_examples_for_diversity=3", "rollout.max_generation_length=6", "rollout.diversity_temperature=0.8"]
+OVERLAP_TEXTS = ["tell me a joke", "hello there, how are you?", "what is the weather like?"]
+
+
+def test_rollout_term_labels_its_phases_in_order_and_overlaps_nothing_on_a_cpu(tiny, monkeypatch):
+    """benchmarks/pg_profile.py names what the host was in during the GPU's idle gaps by these
+    labels. On a CPU the overlapped scoring has no stream to overlap on: the same term."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, tok = tiny
+    cfg = load_config(None, OVERLAP_BASE + ["rollout.recompute_rows=6"])  # two passes of 6
+    ro = generate_rollouts(model, tok, OVERLAP_TEXTS, [tok(t)["input_ids"] for t in OVERLAP_TEXTS], cfg.rollout, seed=4)
+    out = {}
+    for on in (False, True):
+        monkeypatch.setattr(poly, "OVERLAP_SCORING", on)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            terms = poly.rollout_term(model, ro, _embed, cfg, lambda loss: loss.backward())
+        out[on] = (_grads(model), terms.loss)
+        ranges = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events() if e.name.startswith("rollout_term."))
+        assert [name for *_, name in ranges] == ["rollout_term.forward", "rollout_term.score", "rollout_term.advantages",
+                                                "rollout_term.backward", "rollout_term.forward", "rollout_term.backward"]
+        assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))  # one after another, none nested
+    assert out[True][1] == out[False][1]
+    for n, g in out[False][0].items():
+        assert torch.equal(out[True][0][n], g), n
+
+
+def test_to_device_keeps_values_and_dtype_and_scoring_stream_off_is_the_current_stream():
+    values = np.array([0.5, -1.25, 3.0e-3])
+    for dtype in (torch.float32, torch.bfloat16):
+        t = to_device(values, dtype, torch.device("cpu"), overlap=False)
+        assert t.dtype == dtype and t.device.type == "cpu"
+        assert torch.equal(t, torch.as_tensor(values).to(dtype))
+    with scoring_stream(torch.device("cpu"), False):
+        assert torch.ones(2).sum() == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the second stream is a CUDA stream")
+def test_overlapped_scoring_runs_on_a_second_stream_and_gives_the_same_term_on_a_gpu(tiny, monkeypatch):
+    import copy
+
+    model, tok = tiny
+    cfg = load_config(None, OVERLAP_BASE)
+    ro = generate_rollouts(model, tok, OVERLAP_TEXTS, [tok(t)["input_ids"] for t in OVERLAP_TEXTS], cfg.rollout, seed=4)
+    gpu = copy.deepcopy(model).to("cuda")
+    streams = []
+
+    def embed(texts):  # an encoder on the GPU, as the trainer's is: a copy in, a computation, a copy out
+        streams.append(torch.cuda.current_stream())
+        return (torch.as_tensor(_embed(texts)).to("cuda") * 2.0).cpu().numpy()
+
+    out = {}
+    for on in (False, True):
+        monkeypatch.setattr(poly, "OVERLAP_SCORING", on)
+        streams.clear()
+        terms = poly.rollout_term(gpu, ro, embed, cfg, lambda loss: loss.backward())
+        torch.cuda.synchronize()
+        out[on] = (_grads(gpu), terms.loss)
+        default = torch.cuda.default_stream()
+        assert streams and all((s != default) == on for s in streams), (on, streams)
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()  # the current stream is given back
+    assert out[True][1] == pytest.approx(out[False][1], rel=1e-6)
+    for n, g in out[False][0].items():
+        torch.testing.assert_close(out[True][0][n], g, rtol=1e-6, atol=1e-9, msg=n)
 
 
 def test_groups_with_zero_advantages_are_recomputed_only_when_the_first_pass_took_them(tiny, monkeypatch):

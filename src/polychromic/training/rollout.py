@@ -17,6 +17,7 @@ takes the tempered log-softmax in chunks without a float32 copy of the logits.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import weakref
@@ -452,3 +453,31 @@ def free_gpu_bytes(device) -> float:
     allocated = torch.cuda.memory_allocated(device)
     free += torch.cuda.memory_reserved(device) - allocated
     return min(free, gpu_budget_bytes(device) - allocated)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host work beside the recompute's queued passes
+
+
+@contextlib.contextmanager
+def scoring_stream(device: torch.device, on: bool):
+    """With `on` (a CUDA device), the CUDA work inside runs on a second stream of `device`: its
+    copies to and from the host then wait for that work alone, not for the passes queued before
+    on the current stream. For work whose tensors all die inside (scoring returns numpy arrays),
+    so no tensor crosses the streams. Otherwise the current stream, unchanged."""
+    if not on:
+        yield
+        return
+    with torch.cuda.stream(torch.cuda.Stream(device)):
+        yield
+
+
+def to_device(values: np.ndarray, dtype: torch.dtype, device: torch.device, overlap: bool) -> torch.Tensor:
+    """`values` as a `dtype` tensor on `device`. With `overlap` (a CUDA device) the copy comes from
+    pinned memory without waiting: the host goes on queueing work behind the passes already on
+    the stream, instead of waiting for them before it copies from pageable memory (torch's
+    caching host allocator keeps the pinned block until the copy is done)."""
+    t = torch.as_tensor(values, dtype=dtype)
+    if overlap:
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

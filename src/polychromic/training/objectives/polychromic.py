@@ -27,17 +27,28 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from polychromic.config import Config, ObjectiveConfig
 from polychromic.training.objectives.terms import Terms
 from polychromic.rewards import distance_matrix, score_quality, words
 from polychromic.prompts import padded_width
-from polychromic.training.rollout import Rollouts, laid_tokens, pack, pack_packed, packing, rows_per_pass, token_logprobs
+from polychromic.training.rollout import (Rollouts, laid_tokens, pack, pack_packed, packing, rows_per_pass, scoring_stream,
+                                         to_device, token_logprobs)
 from polychromic.training.set_diversity import class_labels
 from polychromic.training.set_diversity import set_diversity as set_diversity_of
 
 NEEDS_ROLLOUTS = True
 SET_REWARDS = ("quality_x_diversity", "diversity", "max_quality")
+
+OVERLAP_SCORING = False
+"""Whether rollout_term, on a GPU, scores the replies on a second CUDA stream and copies the
+advantages in from pinned memory without waiting. On the one stream, the scoring's own copies
+(the encoder's inputs in, its embeddings out) and the advantages' copy each wait for the whole
+forward queued before them, and the GPU then idles while the host finishes the scoring. On a
+second stream the scoring waits for its own work alone, so it can finish under the forward and
+the backward be queued behind it. The result is the same either way (tested); which is faster is
+what `benchmarks/pg_profile.py --ab overlap_scoring` measures."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,29 +400,38 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
         return take, batch, logp_tok, ref_tok
 
     divs, kls = [], []
+    overlap = OVERLAP_SCORING and device.type == "cuda"
     with dropout_off(model):
-        pending = forward(seqs)
-        q, dist, logs = score_rollouts(ro, embedder, o)
-        rng = np.random.default_rng(ro.seed)
-        parts = [advantage_parts(q[i], dist[i], o, cfg.set_size, rng) for i in range(ro.m)]
-        adv = np.stack([p["total"] for p in parts])
+        with record_function("rollout_term.forward"):
+            pending = forward(seqs)
+        with record_function("rollout_term.score"), scoring_stream(device, overlap):
+            q, dist, logs = score_rollouts(ro, embedder, o)
+        with record_function("rollout_term.advantages"):
+            rng = np.random.default_rng(ro.seed)
+            parts = [advantage_parts(q[i], dist[i], o, cfg.set_size, rng) for i in range(ro.m)]
+            adv = np.stack([p["total"] for p in parts])
         live = [r for r in seqs if beta > 0 or adv[r[0]].any()]
         done = set(pending[0])
         rest = [r for r in live if r not in done]
         while pending:
             take, batch, logp_tok, ref_tok = pending
             if beta > 0 or adv[[i for i, _ in take]].any():
-                a = torch.as_tensor(np.array([adv[i, j] for i, j in take]), dtype=logp_tok.dtype, device=device)
+                a = to_device(np.array([adv[i, j] for i, j in take]), logp_tok.dtype, device, overlap)
                 div = div_loss(logp_tok.sum(dim=1), a, l_norm, ro.m)
                 loss = lam * div
                 if ref_tok is not None:
                     kl = kl_of(logp_tok, ref_tok, batch["completion_mask"]).sum() / (ro.m * ro.n * l_norm)
                     loss = loss + beta * kl
                     kls.append(kl.detach())
-                backward(loss)
+                with record_function("rollout_term.backward"):
+                    backward(loss)
                 divs.append(div.detach())
             del pending, take, batch, logp_tok, ref_tok  # the pass's graph and tensors go before the next pass
-            pending = forward(rest) if rest else None
+            if rest:
+                with record_function("rollout_term.forward"):
+                    pending = forward(rest)
+            else:
+                pending = None
             if pending:
                 rest = rest[len(pending[0]) :]
     div_total = float(torch.stack(divs).sum()) if divs else 0.0  # one host sync, after every pass
