@@ -2,6 +2,7 @@
 against torch's, and rollout_term's gradient (one pass, one sequence per pass, through the fast
 LoRA path) against a plain group-by-group reference that runs every sequence on its own, unpadded."""
 
+import inspect
 import types
 
 import numpy as np
@@ -372,6 +373,33 @@ def test_packing_is_chosen_where_it_runs_and_refused_with_the_reason(tiny):
         base.gradient_checkpointing_disable()
     with pytest.raises(RuntimeError, match="without polychromic_cu_seqlens"):
         packed_mod.packed_attention(None, *(torch.zeros(1, 2, 3, 4) for _ in range(3)), None)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_checkpointing_reads_the_flags_the_library_walks_every_module_for(arch):
+    """packed.checkpointing reads the model's, its decoder's and its layers' flags, where
+    transformers sets them; the library's is_activation_checkpointing walks every module."""
+    import warnings
+
+    from test_fast_lora import tiny as tiny_lora
+
+    base = tiny_lora(arch).get_base_model()
+    cases = [("off", lambda: None), ("on", lambda: base.gradient_checkpointing_enable()),
+             ("off again", lambda: base.gradient_checkpointing_disable())]
+    if "every_n_layers" in inspect.signature(base.activation_checkpointing_enable).parameters:
+        cases += [("every 2nd layer", lambda: base.activation_checkpointing_enable(every_n_layers=2))]
+    seen = []
+    for name, act in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the deprecated gradient_checkpointing_* names
+            act()
+        seen.append(packed_mod.checkpointing(base))
+        assert seen[-1] == base.is_activation_checkpointing, name
+        assert (packed_mod.unsupported(base) is not None) == seen[-1], name
+    assert seen[:3] == [False, True, False]
+    if len(cases) == 4:
+        assert [layer.gradient_checkpointing for layer in base.model.layers] == [True, False]  # a layer left off
+        assert seen[3] is True
 
 
 def test_the_recompute_stays_without_dropout_after_a_kl_reference_pass(tiny):
