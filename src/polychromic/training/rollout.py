@@ -468,8 +468,16 @@ def scoring_stream(device: torch.device, on: bool):
     if not on:
         yield
         return
-    with torch.cuda.stream(torch.cuda.Stream(device)):
+    index = torch.device(device).index
+    with torch.cuda.stream(_side_stream(torch.cuda.current_device() if index is None else index)):
         yield
+
+
+@functools.cache
+def _side_stream(index: int) -> "torch.cuda.Stream":
+    """One second stream per device for the process: the allocator's blocks that its work frees
+    stay with one stream, not one more at every call."""
+    return torch.cuda.Stream(index)
 
 
 def to_device(values: np.ndarray, dtype: torch.dtype, device: torch.device, overlap: bool) -> torch.Tensor:
