@@ -14,8 +14,8 @@ process:
                  shipped packed.checkpointing (the model's, decoder's and layers' flags) against
                  transformers' is_activation_checkpointing (a walk over every module)
   dropout_off    entering and leaving polychromic.dropout_off, once per policy-gradient term:
-                 shipped (one walk, a cheap test per module) against the former (two walks,
-                 getattr on every module)
+                 shipped (dropout_modules: one walk, a cheap test per module) against the same
+                 with the former walk swapped in (two walks, getattr on every module)
 
 and the sums per step: an SFT-only step makes one packed pass; a polychromic step one packed
 SFT pass, the packing choice, one recompute pass and dropout_off.
@@ -44,25 +44,23 @@ from polychromic.training import fast_lora, packed  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
 
 
-@contextmanager
-def former_dropout_off(model):
-    """dropout_off as it was: two walks, getattr on every module."""
+def former_dropout_modules(model) -> tuple[list, list]:
+    """polychromic.dropout_modules as it was: two walks, getattr on every module."""
     drops = [(m, m.p) for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
     rates = [(m, m.attention_dropout) for m in model.modules() if isinstance(getattr(m, "attention_dropout", None), float)
              and m.attention_dropout > 0]
-    for m, _ in drops:
-        m.eval()
-        m.p = 0.0
-    for m, _ in rates:
-        m.attention_dropout = 0.0
+    return drops, rates
+
+
+@contextmanager
+def former_walk():
+    """dropout_off with the former walk swapped in; the shipped one restored after."""
+    shipped = poly.dropout_modules
+    poly.dropout_modules = former_dropout_modules
     try:
         yield
     finally:
-        for m, p in drops:
-            m.p = p
-            m.train()
-        for m, rate in rates:
-            m.attention_dropout = rate
+        poly.dropout_modules = shipped
 
 
 def per_call_ms(fn, repeats: int, calls: int = 20) -> float:
@@ -106,17 +104,19 @@ def main(argv=None) -> int:
             if packed.checkpointing(base) != base.is_activation_checkpointing:
                 raise RuntimeError(f"packed.checkpointing disagrees with transformers with checkpointing {on}")
 
-    def enter_exit(ctx):
-        def run():
-            with ctx(model):
-                pass
-        return run
+    def dropout_off():
+        with poly.dropout_off(model):
+            pass
+
+    def dropout_off_former():
+        with former_walk(), poly.dropout_off(model):
+            pass
 
     ms = {
         "checkpointing": {"shipped": per_call_ms(lambda: packed.checkpointing(base), args.repeats),
                           "former": per_call_ms(lambda: base.is_activation_checkpointing, args.repeats)},
-        "dropout_off": {"shipped": per_call_ms(enter_exit(poly.dropout_off), args.repeats),
-                        "former": per_call_ms(enter_exit(former_dropout_off), args.repeats)},
+        "dropout_off": {"shipped": per_call_ms(dropout_off, args.repeats),
+                        "former": per_call_ms(dropout_off_former, args.repeats)},
     }
     for way in ("shipped", "former"):
         check, drop = ms["checkpointing"][way], ms["dropout_off"][way]

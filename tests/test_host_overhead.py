@@ -1,10 +1,11 @@
-"""benchmarks/host_overhead.py: its former dropout_off, the reference of its A/B, switches the
-same modules as the shipped one; a short run writes its JSON."""
+"""benchmarks/host_overhead.py: its former walk, the reference of its A/B, finds the modules the
+shipped one does and is swapped back out; a short run writes its JSON."""
 
 from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -17,21 +18,24 @@ def _state(model):
     return [(type(m).__name__, m.training, getattr(m, "p", None), vars(m).get("attention_dropout")) for m in model.modules()]
 
 
-def test_the_former_dropout_off_switches_what_the_shipped_one_does():
+def test_the_former_walk_finds_what_the_shipped_one_does_and_is_swapped_back_out():
     model = host_overhead.model_of(layers=2, dropout=0.1)
     for m in model.modules():
         if "attention_dropout" in vars(m):
             m.attention_dropout = 0.25
+    shipped = poly.dropout_modules(model)
+    assert shipped == host_overhead.former_dropout_modules(model)
+    drops, rates = shipped
+    assert len(drops) == 2 * 7 and [r for _, r in rates] == [0.25, 0.25]
     before = _state(model)
     inside = []
-    for ctx in (poly.dropout_off, host_overhead.former_dropout_off):
-        with ctx(model):
+    for swap in (False, True):
+        with (host_overhead.former_walk() if swap else nullcontext()), poly.dropout_off(model):
+            assert (poly.dropout_modules is host_overhead.former_dropout_modules) == swap
             inside.append(_state(model))
         assert _state(model) == before  # restored
+    assert poly.dropout_modules is not host_overhead.former_dropout_modules
     assert inside[0] == inside[1] != before
-    switched = [s for s in inside[0] if s[0] == "Dropout"]
-    assert len(switched) == 2 * 7 and all(not training and p == 0.0 for _, training, p, _ in switched)
-    assert [s[3] for s in inside[0] if s[3] is not None] == [0.0, 0.0]
 
 
 def test_a_short_run_writes_both_ways_per_call_and_per_step(tmp_path):

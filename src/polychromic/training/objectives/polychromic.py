@@ -318,13 +318,7 @@ def dropout_off(model):
     attention reads `attention_dropout` in train mode) is 0 meanwhile. The rate as well as the
     mode: peft's disable_adapter() puts its layers' dropout back in the model's mode on exit
     (adapter_disabled undoes that too), and a Dropout of rate 0 is the identity in either mode."""
-    drops, rates = [], []
-    for m in model.modules():  # one walk, a cheap test per module: a LoRA'd 8B model has about 3,000
-        if isinstance(m, torch.nn.Dropout):
-            if m.training:
-                drops.append((m, m.p))
-        elif isinstance(rate := vars(m).get("attention_dropout"), float) and rate > 0:  # set in the module's __init__
-            rates.append((m, rate))
+    drops, rates = dropout_modules(model)
     for m, _ in drops:
         m.eval()
         m.p = 0.0
@@ -338,6 +332,20 @@ def dropout_off(model):
             m.train()
         for m, rate in rates:
             m.attention_dropout = rate
+
+
+def dropout_modules(model) -> tuple[list, list]:
+    """(Dropout modules in train mode, with their rates), (modules with a non-zero attention
+    dropout rate, with it): one walk, a cheap test per module (a LoRA'd 8B model has about 3,000,
+    and the walk runs while the GPU waits at the start of the term)."""
+    drops, rates = [], []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            if m.training:
+                drops.append((m, m.p))
+        elif isinstance(rate := vars(m).get("attention_dropout"), float) and rate > 0:  # set in the module's __init__
+            rates.append((m, rate))
+    return drops, rates
 
 
 @contextmanager
