@@ -47,8 +47,9 @@ advantages in from pinned memory without waiting. On the one stream, the scoring
 (the encoder's inputs in, its embeddings out) and the advantages' copy each wait for the whole
 forward queued before them, and the GPU then idles while the host finishes the scoring. On a
 second stream the scoring waits for its own work alone, so it can finish under the forward and
-the backward be queued behind it. The result is the same either way (tested); which is faster is
-what `benchmarks/pg_profile.py --ab overlap_scoring` measures."""
+the backward be queued behind it. The term is the same either way (a GPU test in
+tests/test_recompute.py checks it); which is faster is what `benchmarks/pg_profile.py --ab
+overlap_scoring` measures, and off is the measured state."""
 
 
 # ---------------------------------------------------------------------------------------------
