@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
+import step_bench as sb  # noqa: E402
 
 from polychromic.io import atomic_write_json  # noqa: E402
 from polychromic.training import fast_lora, packed  # noqa: E402
@@ -64,25 +63,18 @@ def former_walk():
 
 
 def per_call_ms(fn, repeats: int, calls: int = 20) -> float:
-    """Median over `repeats` of the mean time of `calls` calls, in ms, after one call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t0) / calls * 1e3)
-    return statistics.median(times)
+    """step_bench.median_of over `repeats` of `calls` calls, per call, in ms."""
+    return sb.median_of(lambda: [fn() for _ in range(calls)], repeats)[0] / calls * 1e3
 
 
-def model_of(layers: int, dropout: float):
-    from peft import LoraConfig, get_peft_model
+def model_of(layers: int):
+    """The Qwen3-8B module structure at 64 wide, with the benchmarks' LoRA (dropout 0.1, as
+    shipped: every LoRA layer has a Dropout to switch) on the trainer's fast path."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     shape = dict(bm.SHAPES["8b"], vocab_size=256, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, num_hidden_layers=layers)
-    model = get_peft_model(Qwen3ForCausalLM(Qwen3Config(**shape)),
-                           LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules=bm.TARGETS))
+    model = bm.with_adapter(Qwen3ForCausalLM(Qwen3Config(**shape)))
     fast_lora.install(model)
     return model.train()
 
@@ -93,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
-    model = model_of(args.layers, dropout=0.1)  # the shipped LoRA dropout: every LoRA layer has a Dropout to switch
+    model = model_of(args.layers)
     base = model.get_base_model()
     res: dict = {"layers": args.layers, "modules": sum(1 for _ in model.modules()), "host": bm.host(),
                  "torch": torch.__version__, "repeats": args.repeats}

@@ -19,7 +19,7 @@ def _state(model):
 
 
 def test_the_former_walk_finds_what_the_shipped_one_does_and_is_swapped_back_out():
-    model = host_overhead.model_of(layers=2, dropout=0.1)
+    model = host_overhead.model_of(layers=2)
     for m in model.modules():
         if "attention_dropout" in vars(m):
             m.attention_dropout = 0.25

@@ -393,6 +393,7 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     if not packed:
         seqs.sort(key=lambda r: -length(r))
 
+    @record_function("rollout_term.forward")
     def forward(order: list) -> tuple[list, dict, torch.Tensor, torch.Tensor | None]:
         """The forward of the next pass: as many of `order`'s first sequences as it takes."""
         prompts, completions = [ro.prompt_ids[i] for i, _ in order], [ro.completion_ids[i][j] for i, j in order]
@@ -415,8 +416,7 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
     divs, kls = [], []
     overlap = OVERLAP_SCORING and device.type == "cuda"
     with dropout_off(model):
-        with record_function("rollout_term.forward"):
-            pending = forward(seqs)
+        pending = forward(seqs)
         with record_function("rollout_term.score"), scoring_stream(device, overlap):
             q, dist, logs = score_rollouts(ro, embedder, o)
         with record_function("rollout_term.advantages"):
@@ -440,11 +440,7 @@ def rollout_term(model, ro: Rollouts, embedder, cfg: Config, backward: Callable[
                     backward(loss)
                 divs.append(div.detach())
             del pending, take, batch, logp_tok, ref_tok  # the pass's graph and tensors go before the next pass
-            if rest:
-                with record_function("rollout_term.forward"):
-                    pending = forward(rest)
-            else:
-                pending = None
+            pending = forward(rest) if rest else None
             if pending:
                 rest = rest[len(pending[0]) :]
     div_total = float(torch.stack(divs).sum()) if divs else 0.0  # one host sync, after every pass
