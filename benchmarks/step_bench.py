@@ -60,6 +60,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch.nn.utils import get_total_norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
@@ -69,7 +70,7 @@ from polychromic.data import render_prompt  # noqa: E402
 from polychromic.generation import SamplingParams, sample  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
 from polychromic.models import load_embedder  # noqa: E402
-from polychromic.training.loop import _norm, _set_grads, _take_grads, make_optimizer  # noqa: E402
+from polychromic.training.loop import _set_grads, _take_grads, make_optimizer  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
 from polychromic.training.objectives.sft import ce_loss, count_targets  # noqa: E402
 from polychromic.training import fast_lora  # noqa: E402
@@ -222,14 +223,14 @@ def whole_step(model, tok, cfg, embedder, micro, texts, prompt_ids, opt, params,
 
     sft_pass(model, micro)
     g_ce = _take_grads(params, ONE)
-    _norm(g_ce)  # the trainer logs each term's gradient norm
+    get_total_norm(g_ce)  # the trainer logs each term's gradient norm
     mark("sft")
     ro = generate_rollouts(model, tok, texts, prompt_ids, cfg.rollout, rollout_seed(cfg.seed, step))
     mark("rollouts")
     terms = poly.rollout_term(model, ro, embedder, cfg, lambda loss: loss.backward())
     mark("pg")
     g_div = _take_grads(params, ONE)
-    _norm(g_div)
+    get_total_norm(g_div)
     _set_grads(params, g_ce, g_div)
     torch.nn.utils.clip_grad_norm_(params, cfg.trainer.max_grad_norm)
     opt.step()
@@ -421,7 +422,7 @@ def main(argv=None) -> int:
         for p, a, b in zip(ps, g_ce, g_div):
             p.grad = a + b
 
-    variants = {"shipped": (make_optimizer(params, cfg.trainer.lr, cfg.trainer.weight_decay), _norm, _set_grads),
+    variants = {"shipped": (make_optimizer(params, cfg.trainer.lr, cfg.trainer.weight_decay), get_total_norm, _set_grads),
                 "foreach_per_tensor": (torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay),
                                        per_tensor_norm, per_tensor_add)}
     res["optimizer_ab"] = {}

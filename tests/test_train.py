@@ -177,7 +177,10 @@ def test_gradient_bookkeeping_known_answers():
     """The loop's per-step bookkeeping: each parameter's gradient is its CE term plus its rollout
     term, the logged norms are the L2 norm over all tensors, and AdamW is torch's fused kernel
     only where the parameters are on CUDA."""
-    from polychromic.training.loop import _norm, _set_grads, make_optimizer
+    from polychromic.training.loop import _read, _set_grads, make_optimizer
+
+    def _norm(grads):
+        return float(torch.nn.utils.get_total_norm(grads))
 
     params = [torch.zeros(2, requires_grad=True), torch.zeros(1, 3, requires_grad=True)]
     g_ce = [torch.tensor([1.0, 2.0]), torch.tensor([[2.0, 0.0, 0.0]])]
@@ -188,7 +191,39 @@ def test_gradient_bookkeeping_known_answers():
     _set_grads(params, g_ce, g_div)
     assert params[0].grad.tolist() == [1.5, 0.0] and params[1].grad.tolist() == [[2.0, 4.0, 0.0]]
     assert _norm([p.grad for p in params]) == pytest.approx(math.sqrt(1.5**2 + 4 + 16))
+    # the step's values come off the device in one read, exactly (float64 on the way)
+    assert _read([torch.tensor(1.5), torch.tensor([2.25], dtype=torch.float64), torch.tensor(3.0, dtype=torch.bfloat16)]) == [1.5, 2.25, 3.0]
     assert not make_optimizer(params, 1e-3, 0.01).defaults["fused"]
     if torch.cuda.is_available():
         cuda = [torch.zeros(4, device="cuda", requires_grad=True)]
         assert make_optimizer(cuda, 1e-3, 0.01).defaults["fused"]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_first_step_logs_equal_a_recomputation(tmp_path, tiny_model_dir, packed):
+    """The step's logged values against the same numbers computed here, on a fresh model: the
+    quality loss is the mean token cross-entropy of the step's four rows (two micro-batches, the
+    target count taken on the host), and on an SFT step the total gradient norm is the CE term's."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from polychromic.data import load_split
+    from polychromic.models import load_tokenizer
+    from polychromic.prompts import encode_example
+
+    cfg = cfg_of(settings(tmp_path, tiny_model_dir), ["trainer.max_steps=1", "lora.dropout=0.0", f"trainer.packed_sft={packed}"])
+    row = json.loads((train(cfg) / "metrics.jsonl").read_text().splitlines()[0])
+    rows = load_split(cfg.data.prepared_dir, "train")
+    first = np.random.default_rng([cfg.seed, 0]).permutation(len(rows))[:4]  # the step's rows: (seed, epoch 0)
+    tok = load_tokenizer(cfg.model)
+    model = load_base_model(cfg.model, torch.device("cpu"))  # LoRA's B starts at 0: the same outputs
+    ce, n = 0.0, 0
+    with torch.no_grad():
+        for i in first:
+            ex = encode_example(tok, cfg.data, rows[i]["prompt"], rows[i]["reply"])
+            logits = model(input_ids=torch.tensor([ex["input_ids"]])).logits[0, :-1]
+            labels = torch.tensor(ex["labels"][1:])
+            ce += float(F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum"))
+            n += int((labels != -100).sum())
+    assert row["train/quality_loss"] == pytest.approx(ce / n, rel=1e-5)
+    assert row["train/grad_norm"] == pytest.approx(row["train/grad_norm_ce"], rel=1e-6) and row["train/grad_norm"] > 0

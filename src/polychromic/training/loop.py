@@ -31,9 +31,11 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.nn.utils import get_total_norm
 
 from polychromic.config import Config
 from polychromic.data import collate, collate_packed, encode_example, load_split, render_prompt
@@ -105,26 +107,28 @@ def _train(cfg: Config, resume: bool) -> Path:
     with Monitor(run_dir, cfg, total, start, is_main=acc.is_main_process) as monitor:
         for step in range(start, total):
             t0 = time.perf_counter()
-            micro, rows = s.batches(step)
-            n_tgt = _sum(acc, [sum(count_targets(b) for b in micro)])[0]
-            ce_sum = 0.0
-            for batch in micro:  # gradients are averaged over processes, so each divides by its share
+            sb = s.batches(step)
+            n_tgt = _sum(acc, [sb.targets])[0]
+            ces = []  # the device's values stay there until the step's one read below
+            for batch in sb.micro:  # gradients are averaged over processes, so each divides by its share
                 # ce_weight 0 (stage 2 without CE): the CE is still measured, but not differentiated.
                 with torch.set_grad_enabled(ce_w > 0):
                     loss, ce = ce_loss(s.model, batch, n_tgt / acc.num_processes)
                 if ce_w > 0:
                     acc.backward(ce_w * loss)
-                ce_sum += float(ce)
+                ces.append(ce)
             g_ce = _take_grads(s.params, acc)  # each term's global gradient, measured on its own
-            norms = {"train/grad_norm_ce": _norm(g_ce)}
+            norms = {"train/grad_norm_ce": get_total_norm(g_ce)}
             terms, ro, g_div = Terms(loss=0.0), None, None
             if objective.NEEDS_ROLLOUTS and step % every == 0:
-                ro = generate_rollouts(s.model, s.tok, *s.rollout_prompts(rows), cfg.rollout, rollout_seed(cfg.seed, step, acc.process_index))
+                ro = generate_rollouts(s.model, s.tok, *s.rollout_prompts(sb.rows), cfg.rollout, rollout_seed(cfg.seed, step, acc.process_index))
                 terms = objective.rollout_term(s.model, ro, s.embedder, cfg, acc.backward)
                 g_div = _take_grads(s.params, acc)
-                norms |= {"train/grad_norm_div": _norm(g_div), "train/rollout_seconds": ro.seconds}
+                norms["train/grad_norm_div"] = get_total_norm(g_div)
             _set_grads(s.params, g_ce, g_div)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(s.params, cfg.trainer.max_grad_norm))
+            clipped = torch.nn.utils.clip_grad_norm_(s.params, cfg.trainer.max_grad_norm)
+            ce_sum, grad_norm, *values = _read([torch.stack(ces).double().sum(), clipped, *norms.values()])
+            norms = dict(zip(norms, values)) | ({"train/rollout_seconds": ro.seconds} if ro else {})
             lr = s.sched.get_last_lr()[0]  # the rate this step uses
             bad = _nonfinite(acc, ce_sum, terms.loss, grad_norm)  # the same verdict on every process
             if bad is None:
@@ -132,7 +136,7 @@ def _train(cfg: Config, resume: bool) -> Path:
             s.sched.step()
             s.opt.zero_grad(set_to_none=True)
 
-            ce_tot, tokens = _sum(acc, [ce_sum, s.n_tokens(micro) + (ro.n_tokens() if ro else 0)])
+            ce_tot, tokens = _sum(acc, [ce_sum, sb.tokens + (ro.n_tokens() if ro else 0)])
             rl = _mean_logs(acc, {**terms.logs, "train/rollout_term": terms.loss}) if ro is not None else {}
             quality_loss = ce_tot / n_tgt
             logs = {
@@ -168,6 +172,15 @@ def _train(cfg: Config, resume: bool) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Setup: model, data order, optimizer
+
+
+class StepBatch(NamedTuple):
+    """One optimizer step's SFT work on this process."""
+
+    micro: list[dict]  # the micro-batches, on the device
+    rows: list[dict]  # their training rows (the rollout prompts come from them)
+    targets: int  # tokens that carry a loss, over the micro-batches
+    tokens: int  # tokens laid, over the micro-batches
 
 
 class _Setup:
@@ -229,20 +242,24 @@ class _Setup:
             self._perms = {epoch: np.random.default_rng([self.cfg.seed, epoch]).permutation(self.n_train)}
         return self._perms[epoch]
 
-    def batches(self, step: int) -> tuple[list[dict], list[dict]]:
-        """This process's micro-batches of optimizer step `step`, and their rows. The step takes
-        the next global_batch positions of the (seed, epoch) permutations, epochs concatenated;
-        process r takes the r-th contiguous slice, cut into micro-batches of batch_size."""
+    def batches(self, step: int) -> StepBatch:
+        """This process's micro-batches of optimizer step `step`, their rows, and their token
+        counts (taken on the host, before the copy to the device: no wait on the GPU). The step
+        takes the next global_batch positions of the (seed, epoch) permutations, epochs
+        concatenated; process r takes the r-th contiguous slice, cut into micro-batches of
+        batch_size."""
         first = step * self.global_batch + self.rank * self.local_batch
         idx = [int(self.order(k // self.n_train)[k % self.n_train]) for k in range(first, first + self.local_batch)]
         pad = self.tok.pad_token_id
         bs = self.cfg.trainer.batch_size
-        micro = []
+        micro, targets, tokens = [], 0, 0
         for j in range(0, len(idx), bs):
             examples = [self.examples[i] for i in idx[j : j + bs]]
             b = collate_packed(examples) if self.packed_sft else collate(examples, pad, self.cfg.trainer.pad_to_multiple_of)
+            targets += count_targets(b)
+            tokens += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
             micro.append({k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()})
-        return micro, [self.rows[i] for i in idx]
+        return StepBatch(micro, [self.rows[i] for i in idx], targets, tokens)
 
     def rollout_prompts(self, rows: list[dict]) -> tuple[list[str], list[list[int]]]:
         """The first M distinct prompt groups among this process's rows of the step."""
@@ -258,9 +275,6 @@ class _Setup:
                 self._prompt_ids[p] = render_prompt(self.tok, self.cfg.data, p)
         return texts, [self._prompt_ids[p] for p in texts]
 
-    @staticmethod
-    def n_tokens(micro: list[dict]) -> int:
-        return int(sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in micro))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +331,7 @@ def _nonfinite(acc, ce_sum: float, rollout_term: float, grad_norm: float) -> str
     return nonfinite_step({"cross-entropy": ce, "rollout term": rt}, grad_norm)
 
 
-def _norm(grads: list[torch.Tensor]) -> float:
-    """The L2 norm of all of `grads` together (multi-tensor kernels, one device sync)."""
-    return float(torch.nn.utils.get_total_norm(grads))
+def _read(values: list[torch.Tensor]) -> list[float]:
+    """The step's values from the device, in one copy: the loop's one wait on the GPU before
+    the optimizer step (which needs the verdict on non-finite values)."""
+    return torch.stack([v.detach().double().reshape(()) for v in values]).tolist()
