@@ -13,8 +13,9 @@ In one process:
   profile    the same step run uncaptured under torch.profiler: GPU kernel time per step by kind
              and the costliest kernels (kernel time below the replay time is launch gaps)
   gemm       each projection's matmul at the step's row count alone, captured (no launch cost):
-             time, bytes per second, and the same matmul compiled with inductor's autotuning
-             (max-autotune-no-cudagraphs: cuBLAS against Triton templates, split-K among them)
+             time and bytes per second through cuBLAS (torch's default) and through cuBLASLt,
+             and the same matmul compiled with inductor's autotuning (--autotune-gemm;
+             max-autotune-no-cudagraphs: cuBLAS against Triton templates, split-K among them)
   attention  the decode attention over the step's cache alone, captured: SDPA as the step runs it
              (with and without cuDNN's backend, and without mask), and each of
              fast_layers.ATTENTION_FNS compiled, with its largest difference from SDPA
@@ -36,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,6 +63,8 @@ VARIANTS = {
     # inductor settings for the decode layer, with the default attention
     "autotune": dict(compile=dict(mode="max-autotune-no-cudagraphs")),
     "coordinate_descent": dict(compile=dict(options={"coordinate_descent_tuning": True})),
+    # torch's matmuls through cuBLASLt instead of cuBLAS (torch.backends.cuda.preferred_blas_library)
+    "cublaslt": dict(blas="cublaslt"),
 }
 
 
@@ -127,6 +131,18 @@ def replay_seconds(eng, b, sp, width: int, steps: int) -> float:
     return a.elapsed_time(e) / 1000 / steps
 
 
+@contextmanager
+def blas_library(name: str | None):
+    """torch's matmuls through `name` (cublas, cublaslt) meanwhile; None leaves the choice."""
+    before = torch.backends.cuda.preferred_blas_library()
+    if name is not None:
+        torch.backends.cuda.preferred_blas_library(name)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_blas_library(before)
+
+
 def gemm_table(eng, rows: int, autotune: bool) -> list[dict]:
     lw = eng.layer_args[0]
     shapes = [("qkv", lw[1]), ("o", lw[5]), ("gate_up", lw[8]), ("down", lw[10]), ("lm_head", eng.lm_head_w)]
@@ -134,8 +150,10 @@ def gemm_table(eng, rows: int, autotune: bool) -> list[dict]:
     for name, w in shapes:
         x = torch.randn(rows, w.shape[1], device=w.device, dtype=w.dtype)
         t = captured_seconds(lambda: F.linear(x, w))
+        with blas_library("cublaslt"):
+            lt = captured_seconds(lambda: F.linear(x, w))
         row = {"matmul": name, "rows": rows, "n": w.shape[0], "k": w.shape[1], "seconds": t,
-               "bytes_per_s": w.numel() * w.element_size() / t}
+               "bytes_per_s": w.numel() * w.element_size() / t, "cublaslt_seconds": lt}
         if autotune:
             torch._dynamo.reset()
             fn = torch.compile(lambda x, w: F.linear(x, w), mode="max-autotune-no-cudagraphs", dynamic=False)
@@ -146,6 +164,7 @@ def gemm_table(eng, rows: int, autotune: bool) -> list[dict]:
             row["autotuned_bytes_per_s"] = w.numel() * w.element_size() / row["autotuned_seconds"]
         out.append(row)
         print(f"  {name} {rows}x{w.shape[1]} @ {w.shape[1]}x{w.shape[0]}: {t * 1e6:.1f} us, {row['bytes_per_s'] / 1e12:.2f} TB/s"
+              f" (cuBLASLt {lt * 1e6:.1f} us)"
               + (f"; autotuned {row['autotuned_seconds'] * 1e6:.1f} us, {row['autotuned_bytes_per_s'] / 1e12:.2f} TB/s"
                  if autotune else ""), flush=True)
     return out
@@ -277,7 +296,8 @@ def main(argv=None) -> int:
         fastgen.DECODE_ATTENTION = VARIANTS[v].get("attention", attention)
         torch.backends.cuda.enable_cudnn_sdp(VARIANTS[v].get("cudnn", True))
         try:
-            res["variants"][v] = measure(v)
+            with blas_library(VARIANTS[v].get("blas")):
+                res["variants"][v] = measure(v)
         except Exception as e:  # recorded in the JSON and printed: one failing variant keeps the others
             res["variants"][v] = {"error": f"{type(e).__name__}: {e}"[:2000]}
             print(f"{v}: FAILED {res['variants'][v]['error'][:400]}", flush=True)

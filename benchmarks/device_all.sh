@@ -19,6 +19,10 @@
 #                                               # host's CPU), the recompute's GPU tests, then pg_profile.py --ab
 #                                               # overlap_scoring (the scoring on the forward's stream against a second
 #                                               # stream); each profile names what the host was in during the GPU's idle gaps
+#   bash benchmarks/device_all.sh blas OUTDIR   # torch's matmuls through cuBLAS (its default) against cuBLASLt:
+#                                               # decode_profile.py (each projection's matmul at the decode step's
+#                                               # rows, and the whole rollouts recaptured: --variants cublaslt), then
+#                                               # pg_profile.py --ab blas (the policy-gradient and SFT passes)
 #   bash benchmarks/device_all.sh run OUTDIR    # moderate_run.py: the whole moderate run through `polychromic
 #                                               # train` under a 76 GiB cap (model folder in ${BENCH_WORK:-/root/bench})
 #   bash benchmarks/device_all.sh cache OUTDIR  # the compile caches: a short run of the moderate config (160
@@ -36,8 +40,8 @@ set -uo pipefail
 
 mode=${1:-}
 out=${2:-}
-if [[ -z $out || ! $mode =~ ^(step|peer|ab|share|overlap|run|cache|eval)$ ]]; then
-  echo "usage: bash benchmarks/device_all.sh step|peer|ab|share|overlap|run|cache|eval OUTDIR" >&2
+if [[ -z $out || ! $mode =~ ^(step|peer|ab|share|overlap|blas|run|cache|eval)$ ]]; then
+  echo "usage: bash benchmarks/device_all.sh step|peer|ab|share|overlap|blas|run|cache|eval OUTDIR" >&2
   exit 2
 fi
 cd "$(dirname "$0")/.."
@@ -93,6 +97,15 @@ case $mode in
     run 60 python3 benchmarks/host_overhead.py --out "$out" || status=$?
     run 200 python3 -m pytest -q -p no:cacheprovider tests/test_recompute.py -k on_a_gpu || status=$?
     run 330 python3 benchmarks/pg_profile.py "${step_args[@]}" --skip-eager --ab overlap_scoring --out "$out" || status=$?
+    ;;
+  blas)
+    if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
+      run 120 python3 benchmarks/decode_profile.py "${step_args[@]}" --variants none --out "$out" || status=$?
+      echo "BENCH_SMOKE: pg_profile.py --ab blas needs a CUDA device; not run on this CPU" | tee -a "$log"
+    else
+      run 240 python3 benchmarks/decode_profile.py "${step_args[@]}" --variants cublaslt --out "$out" || status=$?
+      run 330 python3 benchmarks/pg_profile.py "${step_args[@]}" --skip-eager --ab blas --out "$out" || status=$?
+    fi
     ;;
   peer)
     wheels=${WHEELS:-.whl2}

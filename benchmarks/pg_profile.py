@@ -34,7 +34,9 @@ In one process:
              default); floors_shared is the floor of the shared layout's tokens;
              (--ab overlap_scoring) the same with the scoring on the forward's stream and on a
              second stream with the advantages copied in without waiting
-             (polychromic.OVERLAP_SCORING): compare term_s, which includes the scoring
+             (polychromic.OVERLAP_SCORING): compare term_s, which includes the scoring;
+             (--ab blas, CUDA only) the same with torch's matmuls through cuBLAS (its default)
+             and through cuBLASLt (torch.backends.cuda.preferred_blas_library)
 
 SDPA's cuDNN backend is left out unless --cudnn-attention, as the trainer does
 (trainer.cudnn_attention).
@@ -51,6 +53,7 @@ launch the CPU has not issued yet; rollout_term labels its phases rollout_term.f
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab sft_packing  # padded against packed SFT
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab shared_prompts  # a prompt per sample against shared
     PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab overlap_scoring # scoring on one stream or beside it
+    PYTHONPATH=src python3 benchmarks/pg_profile.py --skip-eager --ab blas      # cuBLAS against cuBLASLt
     PYTHONPATH=src python benchmarks/pg_profile.py --shape tiny --repeats 1 --no-compile   # CPU smoke
 
 Writes pg_profile.json to --out (default $OUT) and prints a summary.
@@ -128,6 +131,13 @@ def idle_gaps(kernels: list[tuple[float, float, str]], top: int = 10,
     return out
 
 
+def device_kernels(prof, device: str = "CUDA") -> list[tuple[float, float, str]]:
+    """(start_us, end_us, name) of every event the profiler recorded on `device`: on "CUDA" each
+    GPU kernel, memcpy and memset; on "CPU" the host's ranges (ops and record_function labels)."""
+    return [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+            if str(getattr(e, "device_type", "")).endswith(device) and e.time_range.end > e.time_range.start]
+
+
 def host_stack(host: list[tuple[float, float, str]], t: float, depth: int = 8) -> list[str]:
     """The names of the host ranges (start_us, end_us, name) open at time t, outermost first (the
     earliest start, the longest first among equal starts); the innermost `depth` of them."""
@@ -181,13 +191,15 @@ def main(argv=None) -> int:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--skip-eager", action="store_true", help="measure the compiled passes only (the compiled "
                     "gradient is then compared with nothing)")
-    ap.add_argument("--ab", choices=("lora_add", "packing", "sft_packing", "shared_prompts", "overlap_scoring"),
+    ap.add_argument("--ab", choices=("lora_add", "packing", "sft_packing", "shared_prompts", "overlap_scoring", "blas"),
                     help="the compiled passes two ways, side by side (module docstring)")
     ap.add_argument("--cudnn-attention", action="store_true", help="let SDPA pick cuDNN (trainer.cudnn_attention)")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
     alloc = configure_allocator(True, "auto")
     cuda = torch.cuda.is_available()
+    if args.ab == "blas" and not cuda:
+        ap.error("--ab blas compares cuBLAS with cuBLASLt: it needs a CUDA device")
     torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention)  # as train() does with trainer.cudnn_attention
     dev = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -371,6 +383,21 @@ def main(argv=None) -> int:
         res["ab_overlap_scoring"] = ab
         print(f"overlapped / one stream: term {ab['term_overlapped_over_one_stream']:.3f} (scoring included); pg "
               f"gradient rel L2 between them {ab['pg_grad_rel_l2_overlapped_vs_one_stream']:.2e}", flush=True)
+    if args.ab == "blas":
+        ab, grads, shipped = {}, {}, torch.backends.cuda.preferred_blas_library()
+        try:
+            for name in ("cublas", "cublaslt"):
+                torch.backends.cuda.preferred_blas_library(name)
+                ab[name], grads[name] = compiled(f"compiled, {name}")
+        finally:
+            torch.backends.cuda.preferred_blas_library(shipped)
+        ab["pg_grad_rel_l2_cublaslt_vs_cublas"] = rel_l2(grads["cublaslt"], grads["cublas"])
+        for part in ("pg", "sft", "term"):
+            ab[f"{part}_cublaslt_over_cublas"] = ab["cublaslt"][f"{part}_s"] / ab["cublas"][f"{part}_s"]
+        res["ab_blas"] = ab
+        print(f"cuBLASLt / cuBLAS: pg {ab['pg_cublaslt_over_cublas']:.3f}, sft {ab['sft_cublaslt_over_cublas']:.3f}, term "
+              f"{ab['term_cublaslt_over_cublas']:.3f}; pg gradient rel L2 between them "
+              f"{ab['pg_grad_rel_l2_cublaslt_vs_cublas']:.2e}", flush=True)
     if args.ab == "sft_packing":
         ab = {}
         for name, batch in (("padded", collate(examples, 0)), ("packed", collate_packed(examples))):

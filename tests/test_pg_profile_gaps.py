@@ -51,3 +51,25 @@ def test_a_kernel_inside_a_longer_one_leaves_no_gap():
 
 def test_no_kernels_no_gaps():
     assert pg_profile.idle_gaps([]) == {"span_s": 0.0, "idle_s": 0.0, "gaps": 0, "largest": []}
+
+
+def test_the_profilers_host_ranges_come_back_with_their_labels_nested():
+    """device_kernels on a real torch.profiler trace (on the CPU, the host's side: what each
+    GPU profile's gaps are attributed to); no GPU events where none ran."""
+    import torch
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(64, 64)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function("outer"):
+            with record_function("inner"):
+                (x @ x).sum()
+    host = pg_profile.device_kernels(prof, "CPU")
+    ranges = {name: (start, end) for start, end, name in host if name in ("outer", "inner")}
+    assert set(ranges) == {"outer", "inner"}
+    (o0, o1), (i0, i1) = ranges["outer"], ranges["inner"]
+    assert o0 <= i0 < i1 <= o1
+    assert any(name == "aten::mm" and i0 <= start < end <= i1 for start, end, name in host)
+    assert pg_profile.host_stack(host, (i0 + i1) / 2)[:2] == ["outer", "inner"]
+    assert pg_profile.device_kernels(prof) == []  # no CUDA events on a CPU run
