@@ -23,9 +23,10 @@ Speed: the LoRA layers train through fast_lora.py (trainer.fast_lora), the decod
 training passes optionally through torch.compile (trainer.compile, compiled.py), the SFT
 micro-batches and the recompute packed without padding where the variable-length kernel runs
 (trainer.packed_sft, rollout.packed_recompute, packed.py), and on CUDA the allocator starts
-with expandable segments (trainer.expandable_segments, allocator.py). A step waits on the GPU
-once before its optimizer step (`_read`: the losses and gradient norms, for the non-finite
-verdict); its token counts come from the host.
+with expandable segments (trainer.expandable_segments, allocator.py). Outside the rollouts and
+the rollout term (which read their samples and scores), a step waits on the GPU once, before
+its optimizer step (`_read`: the losses and gradient norms, for the non-finite verdict); its
+token counts come from the host.
 """
 
 from __future__ import annotations
