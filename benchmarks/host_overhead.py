@@ -18,7 +18,15 @@ structure took 6.2 ms of host time, most of it in `packed_forward`'s gradient-ch
                  with the former walk swapped in (two walks, getattr on every module)
 
 and the sums per step: an SFT-only step makes one packed pass; a polychromic step one packed
-SFT pass, the packing choice, one recompute pass and dropout_off.
+SFT pass, the packing choice, one recompute pass and dropout_off. Then the scoring of one
+policy-gradient term (the shipped moderate config's objective, 8 prompts x 5 replies, an
+encoder stand-in whose own time is left out):
+
+  scoring        the host's work on the term's scores and advantages from the first encoder
+                 call on: on a GPU that call's copy waits for the queued forward, so this is
+                 work done while the GPU has nothing queued; shipped score_rollouts (the guards
+                 and word counts before one encoder call) against the former (the replies
+                 embedded first, the prompts in a second call, the text work after both)
 
     PYTHONPATH=src python benchmarks/host_overhead.py --out OUTDIR
 """
@@ -27,17 +35,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
+import statistics
 import sys
+import time
 import warnings
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
 import step_bench as sb  # noqa: E402
 
+from polychromic.config import load_config  # noqa: E402
 from polychromic.io import atomic_write_json  # noqa: E402
 from polychromic.training import fast_lora, packed  # noqa: E402
 from polychromic.training.objectives import polychromic as poly  # noqa: E402
@@ -60,6 +74,69 @@ def former_walk():
         yield
     finally:
         poly.dropout_modules = shipped
+
+
+def former_score_rollouts(ro, embedder, cfg):
+    """polychromic.score_rollouts as it was: the replies embedded first, then the guards and the
+    prompts (a second encoder call), the word counts last."""
+    embed = poly._memo(embedder)
+    flat_prompts = [p for p, group in zip(ro.prompt_texts, ro.texts) for _ in group]
+    flat_texts = [t for group in ro.texts for t in group]
+    flat_finished = [f for group in ro.finished for f in group]
+    if embed is not None and cfg.diversity_metric in ("semantic", "semantic_distinct"):
+        embed(flat_texts)
+    q = poly.score_quality(flat_prompts, flat_texts, flat_finished, embed, cfg).reshape(ro.m, ro.n)
+    dist = np.stack([poly.distance_matrix(group, cfg.diversity_metric, embed) for group in ro.texts])
+    iu = np.triu_indices(ro.n, k=1)
+    logs = {"train/diversity_score": float(np.mean([dm[iu].mean() for dm in dist])),
+            "train/quality_mean": float(q.mean()),
+            "train/avg_unique_words": float(np.mean([len(set(poly.words(t))) for t in flat_texts]))}
+    return q, dist, logs
+
+
+def synthetic_rollouts(m: int = 8, n: int = 5, seed: int = 0):
+    """M tweet-like prompts with N finished replies of 12 to 40 words each (seeded)."""
+    from polychromic.generation import SamplingParams
+    from polychromic.training.rollout import Rollouts
+
+    rng = random.Random(seed)
+    vocab = ("the a my your this that cat dog coffee rain city game team song show love hate think know "
+             "today tomorrow great bad new old really never always why how what when").split()
+
+    def sentence(k: int) -> str:
+        return " ".join(rng.choice(vocab) for _ in range(k)) + rng.choice([".", "!", "?"])
+
+    texts = [[sentence(rng.randint(12, 40)) for _ in range(n)] for _ in range(m)]
+    return Rollouts(prompt_texts=[sentence(20) for _ in range(m)], prompt_ids=[[1]] * m, completion_ids=[[[1]] * n] * m,
+                    finished=[[True] * n] * m, texts=texts, params=SamplingParams(), seed=seed, seconds=0.0)
+
+
+def encoder(texts) -> np.ndarray:
+    """A stand-in sentence encoder: a fixed 384-dimensional vector per text."""
+    return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(384) for t in texts])
+
+
+def scoring_ms(score, ro, cfg, repeats: int, calls: int = 20) -> tuple[float, int]:
+    """(median host ms of a term's scoring and advantages from the first encoder call on, the
+    encoder's own time left out; encoder calls per term)."""
+    def once() -> tuple[float, int]:
+        first, inside, n = None, 0.0, 0
+
+        def embed(texts):
+            nonlocal first, inside, n
+            t0 = time.perf_counter()
+            first = t0 if first is None else first
+            out = encoder(texts)
+            inside, n = inside + time.perf_counter() - t0, n + 1
+            return out
+
+        q, dist, _ = score(ro, embed, cfg.objective)
+        rng = np.random.default_rng(ro.seed)
+        np.stack([poly.advantage_parts(q[i], dist[i], cfg.objective, cfg.set_size, rng)["total"] for i in range(ro.m)])
+        return (time.perf_counter() - first - inside) * 1e3, n
+
+    runs = [once() for _ in range(repeats * calls)]
+    return statistics.median(r[0] for r in runs), runs[0][1]
 
 
 def per_call_ms(fn, repeats: int, calls: int = 20) -> float:
@@ -115,8 +192,22 @@ def main(argv=None) -> int:
         ms.setdefault("sft_step", {})[way] = check
         ms.setdefault("polychromic_step", {})[way] = 3 * check + drop
     res["ms_per_call"] = ms
+    cfg = load_config("polychromic_1.0_moderate")
+    ro = synthetic_rollouts(cfg.rollout.max_examples_for_diversity, cfg.rollout.n_generations)
+    res["scoring"] = {"rollouts": f"{ro.m} x {ro.n}", "quality": cfg.objective.quality, "diversity_metric": cfg.objective.diversity_metric}
+    for way, score in (("shipped", poly.score_rollouts), ("former", former_score_rollouts)):
+        t, calls = scoring_ms(score, ro, cfg, args.repeats)
+        res["scoring"][way] = {"ms_after_first_encoder_call": t, "encoder_calls": calls}
+    same = [np.array_equal(a, b) for a, b in zip(poly.score_rollouts(ro, encoder, cfg.objective)[:2],
+                                                  former_score_rollouts(ro, encoder, cfg.objective)[:2])]
+    if not all(same):
+        raise RuntimeError("the shipped and former scoring disagree on the same rollouts")
     for name, row in ms.items():
         print(f"{name:16s} shipped {row['shipped']:8.3f} ms   former {row['former']:8.3f} ms", flush=True)
+    for way in ("shipped", "former"):
+        sc = res["scoring"][way]
+        print(f"scoring {way:8s} {sc['ms_after_first_encoder_call']:8.3f} ms from the first encoder call on, "
+              f"{sc['encoder_calls']} encoder call(s)", flush=True)
     print(f"{res['modules']} modules, {args.layers} layers; host {res['host']['cpu']}", flush=True)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

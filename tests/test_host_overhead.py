@@ -1,5 +1,6 @@
 """benchmarks/host_overhead.py: its former walk, the reference of its A/B, finds the modules the
-shipped one does and is swapped back out; a short run writes its JSON."""
+shipped one does and is swapped back out; a short run writes its JSON, the scoring's A/B
+included; its synthetic replies pass the guard."""
 
 from __future__ import annotations
 
@@ -47,3 +48,19 @@ def test_a_short_run_writes_both_ways_per_call_and_per_step(tmp_path):
     for way in ("shipped", "former"):
         assert ms["polychromic_step"][way] == 3 * ms["checkpointing"][way] + ms["dropout_off"][way]
         assert ms["sft_step"][way] == ms["checkpointing"][way] > 0
+    # the scoring: one encoder call shipped, two before; the same scores either way (else main raises)
+    sc = res["scoring"]
+    assert sc["rollouts"] == "8 x 5" and sc["quality"] == "guard_x_relevance"
+    assert (sc["shipped"]["encoder_calls"], sc["former"]["encoder_calls"]) == (1, 2)
+    assert sc["shipped"]["ms_after_first_encoder_call"] > 0 and sc["former"]["ms_after_first_encoder_call"] > 0
+
+
+def test_the_synthetic_replies_pass_the_guard_so_the_scoring_does_its_whole_work():
+    from polychromic.config import load_config
+    from polychromic.rewards import score_parts
+
+    cfg = load_config("polychromic_1.0_moderate").objective
+    ro = host_overhead.synthetic_rollouts()
+    flat = [t for g in ro.texts for t in g]
+    parts = score_parts([p for p in ro.prompt_texts for _ in range(ro.n)], flat, [True] * len(flat), host_overhead.encoder, cfg)
+    assert parts["guard"].mean() > 0.9 and (parts["relevance"] >= 0).all()

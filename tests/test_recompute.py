@@ -509,6 +509,44 @@ def test_scoring_embeds_all_rollout_texts_in_one_call():
     assert q.shape == (3, 4)
 
 
+@pytest.mark.parametrize("metric", ["semantic", "distinct"])
+def test_scoring_with_relevance_reads_the_texts_before_one_encoder_call(monkeypatch, metric):
+    """Relevance needs the distinct prompts and the replies embedded: one encoder call takes them
+    all, after every guard and word count (the work on the texts alone, which the host does
+    while the GPU runs the queued forward); the scores are those of unbatched scoring."""
+    from polychromic import rewards
+    from polychromic.generation import SamplingParams
+    from polychromic.rewards import distance_matrix, score_quality
+    from polychromic.training.rollout import Rollouts
+
+    texts = [[f"a reply {i} {j} that says " + "xyz"[j % 3] * (j + 1) for j in range(4)] for i in range(3)]
+    prompts = ["first prompt", "second prompt", "first prompt"]  # a prompt twice: embedded once
+    ro = Rollouts(prompt_texts=prompts, prompt_ids=[[1], [2], [3]], completion_ids=[[[5]] * 4] * 3,
+                  finished=[[True] * 4] * 3, texts=texts, params=SamplingParams(), seed=0, seconds=0.0)
+    events, calls = [], []
+    real_guard, real_words = rewards.guard, poly.words
+    monkeypatch.setattr(rewards, "guard", lambda *a: (events.append("guard"), real_guard(*a))[1])
+    monkeypatch.setattr(poly, "words", lambda t: (events.append("words"), real_words(t))[1])
+
+    def counting(batch):
+        events.append("encode")
+        calls.append(list(batch))
+        return _embed(batch)
+
+    cfg = load_config(None, ["objective.quality=guard_x_relevance", f"objective.diversity_metric={metric}",
+                             "objective.min_reply_words=1"]).objective
+    q, dist, logs = poly.score_rollouts(ro, counting, cfg)
+    flat = [t for g in texts for t in g]
+    assert calls == [["first prompt", "second prompt", *flat]]
+    assert events == ["words"] * 12 + ["guard"] * 12 + ["encode"]
+    want_q = score_quality([p for p in prompts for _ in range(4)], flat, [True] * 12, _embed, cfg).reshape(3, 4)
+    np.testing.assert_allclose(q, want_q, rtol=0, atol=1e-12)
+    assert (q > 0).all()
+    for i, group in enumerate(texts):
+        np.testing.assert_allclose(dist[i], distance_matrix(group, metric, _embed), rtol=0, atol=1e-12)
+    assert logs["train/avg_unique_words"] == pytest.approx(np.mean([len(set(real_words(t))) for t in flat]))
+
+
 @pytest.mark.skipif(not (torch.cuda.is_available() and packed_mod.varlen_kernel()),
                     reason="needs a CUDA GPU and torch's variable-length attention kernel")
 @pytest.mark.parametrize("compiled", [False, True])

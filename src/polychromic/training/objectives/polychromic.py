@@ -31,7 +31,7 @@ from torch.profiler import record_function
 
 from polychromic.config import Config, ObjectiveConfig
 from polychromic.training.objectives.terms import Terms
-from polychromic.rewards import distance_matrix, score_quality, words
+from polychromic.rewards import EMBEDDED_DISTANCES, USES_RELEVANCE, distance_matrix, score_quality, words
 from polychromic.prompts import padded_width
 from polychromic.training.rollout import (Rollouts, laid_tokens, pack, pack_packed, packing, rows_per_pass, scoring_stream,
                                          to_device, token_logprobs)
@@ -237,14 +237,17 @@ def advantages(quality, distance, cfg: ObjectiveConfig, set_size: int, rng: np.r
 # Scoring rollouts
 
 
-def _memo(embedder: Callable | None) -> Callable | None:
-    """The embedder with a per-call-site cache: quality and distances embed the same texts."""
+def _memo(embedder: Callable | None, ahead: Sequence[str] = ()) -> Callable | None:
+    """The embedder with a per-call-site cache: quality and distances embed the same texts. The
+    texts `ahead` are embedded with the first call, in the same encoder call, whatever it asks."""
     if embedder is None:
         return None
     cache: dict[str, np.ndarray] = {}
+    pending = list(ahead)
 
     def embed(texts: Sequence[str]) -> np.ndarray:
-        todo = list(dict.fromkeys(t for t in texts if t not in cache))
+        todo = list(dict.fromkeys(t for t in (*pending, *texts) if t not in cache))
+        pending.clear()
         if todo:
             for t, e in zip(todo, np.asarray(embedder(todo))):
                 cache[t] = e
@@ -258,20 +261,27 @@ def score_rollouts(ro: Rollouts, embedder, cfg: ObjectiveConfig) -> tuple[np.nda
 
     logs: `train/diversity_score` = mean over prompts of the mean pairwise distance (with all
     subsets enumerated this is exactly the mean d(S) over the sets), `train/quality_mean`,
-    `train/avg_unique_words` (mean over completions of the number of distinct words)."""
-    embed = _memo(embedder)
+    `train/avg_unique_words` (mean over completions of the number of distinct words).
+
+    One encoder call embeds every text the scoring needs (the distinct prompts for relevance,
+    the M x N replies for a semantic distance), and the work on the texts alone (the word
+    counts, the quality's guard) comes before it: rollout_term scores while the GPU runs the
+    first pass's forward, and the encoder's first copy to the GPU waits for that forward."""
     flat_prompts = [p for p, group in zip(ro.prompt_texts, ro.texts) for _ in group]
     flat_texts = [t for group in ro.texts for t in group]
     flat_finished = [f for group in ro.finished for f in group]
-    if embed is not None and cfg.diversity_metric in ("semantic", "semantic_distinct"):
-        embed(flat_texts)  # one encoder call for all M x N texts; the per-group distances read the cache
+    unique_words = float(np.mean([len(set(words(t))) for t in flat_texts]))
+    relevance = cfg.quality in USES_RELEVANCE
+    ahead = (list(dict.fromkeys(ro.prompt_texts)) if relevance else []) + (
+        flat_texts if relevance or cfg.diversity_metric in EMBEDDED_DISTANCES else [])
+    embed = _memo(embedder, ahead)
     q = score_quality(flat_prompts, flat_texts, flat_finished, embed, cfg).reshape(ro.m, ro.n)
     dist = np.stack([distance_matrix(group, cfg.diversity_metric, embed) for group in ro.texts])
     iu = np.triu_indices(ro.n, k=1)
     logs = {
         "train/diversity_score": float(np.mean([dm[iu].mean() for dm in dist])) if ro.n >= 2 else 0.0,
         "train/quality_mean": float(q.mean()),
-        "train/avg_unique_words": float(np.mean([len(set(words(t))) for t in flat_texts])),
+        "train/avg_unique_words": unique_words,
     }
     return q, dist, logs
 
