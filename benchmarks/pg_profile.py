@@ -209,7 +209,7 @@ def main(argv=None) -> int:
                  "allocator_choice": alloc, "host": bm.host(),
                  "cudnn_attention": args.cudnn_attention}
     peak = sb.matmul_peak(dev, 512 if args.shape == "tiny" else 8192, dtype)
-    m, n = cfg.rollout.max_examples_for_diversity, cfg.rollout.n_generations
+    m = cfg.rollout.max_examples_for_diversity
     counts, mcfg = sb.param_counts(model), model.get_base_model().config
 
     def rollouts(offset: int):

@@ -3,7 +3,6 @@ whose every line names a path — never a traceback of another type, never a sil
 
 import re
 
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 from http.server import ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import yaml

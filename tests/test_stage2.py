@@ -5,7 +5,6 @@ both stages on the plain base, and EOS blocked consistently when min_new_tokens 
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

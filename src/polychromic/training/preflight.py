@@ -195,7 +195,7 @@ def preflight(cfg: Config, measure: bool = False, price_per_hour: float | None =
             with tempfile.TemporaryDirectory() as tmp:
                 m = prepare(cfg.data, seed=cfg.seed, out_dir=str(Path(tmp) / "d"), skip_invalid=cfg.data.skip_invalid)
             n_train = m["rows"]["train"]
-            checks.append(Check("data", "WARN", f"not prepared yet at {prepared}; the source validates ({m['rows']})", f"run: polychromic data prepare CONFIG"))
+            checks.append(Check("data", "WARN", f"not prepared yet at {prepared}; the source validates ({m['rows']})", "run: polychromic data prepare CONFIG"))
     except (OSError, ValueError) as exc:
         checks.append(Check("data", "FAIL", str(exc), "fix the line named above or pass --skip-invalid to `data prepare`"))
 
