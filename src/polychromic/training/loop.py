@@ -110,10 +110,10 @@ def _train(cfg: Config, resume: bool) -> Path:
     with Monitor(run_dir, cfg, total, start, is_main=acc.is_main_process) as monitor:
         for step in range(start, total):
             t0 = time.perf_counter()
-            sb = s.batches(step)
-            n_tgt = _sum(acc, [sb.targets])[0]
+            sft = s.batches(step)
+            n_tgt = _sum(acc, [sft.targets])[0]
             ces = []  # the device's values stay there until the step's one read below
-            for batch in sb.micro:  # gradients are averaged over processes, so each divides by its share
+            for batch in sft.micro:  # gradients are averaged over processes, so each divides by its share
                 # ce_weight 0 (stage 2 without CE): the CE is still measured, but not differentiated.
                 with torch.set_grad_enabled(ce_w > 0):
                     loss, ce = ce_loss(s.model, batch, n_tgt / acc.num_processes)
@@ -124,7 +124,7 @@ def _train(cfg: Config, resume: bool) -> Path:
             norms = {"train/grad_norm_ce": get_total_norm(g_ce)}
             terms, ro, g_div = Terms(loss=0.0), None, None
             if objective.NEEDS_ROLLOUTS and step % every == 0:
-                ro = generate_rollouts(s.model, s.tok, *s.rollout_prompts(sb.rows), cfg.rollout, rollout_seed(cfg.seed, step, acc.process_index))
+                ro = generate_rollouts(s.model, s.tok, *s.rollout_prompts(sft.rows), cfg.rollout, rollout_seed(cfg.seed, step, acc.process_index))
                 terms = objective.rollout_term(s.model, ro, s.embedder, cfg, acc.backward)
                 g_div = _take_grads(s.params, acc)
                 norms["train/grad_norm_div"] = get_total_norm(g_div)
@@ -139,7 +139,7 @@ def _train(cfg: Config, resume: bool) -> Path:
             s.sched.step()
             s.opt.zero_grad(set_to_none=True)
 
-            ce_tot, tokens = _sum(acc, [ce_sum, sb.tokens + (ro.n_tokens() if ro else 0)])
+            ce_tot, tokens = _sum(acc, [ce_sum, sft.tokens + (ro.n_tokens() if ro else 0)])
             rl = _mean_logs(acc, {**terms.logs, "train/rollout_term": terms.loss}) if ro is not None else {}
             quality_loss = ce_tot / n_tgt
             logs = {
@@ -277,7 +277,6 @@ class _Setup:
             if p not in self._prompt_ids:
                 self._prompt_ids[p] = render_prompt(self.tok, self.cfg.data, p)
         return texts, [self._prompt_ids[p] for p in texts]
-
 
 
 # ---------------------------------------------------------------------------------------------
