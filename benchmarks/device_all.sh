@@ -15,8 +15,9 @@
 #   bash benchmarks/device_all.sh share OUTDIR  # the recompute's GPU tests (tests/test_recompute.py), then
 #                                               # pg_profile.py --ab shared_prompts (a prompt copy per sample
 #                                               # against one shared by its samples)
-#   bash benchmarks/device_all.sh overlap OUTDIR  # host_overhead.py (the module walks at the start of a pass, on this
-#                                               # host's CPU), the recompute's GPU tests, then pg_profile.py --ab
+#   bash benchmarks/device_all.sh overlap OUTDIR  # host_overhead.py (the module walks at the start of a pass and the
+#                                               # scoring's host work, on this host's CPU; the logging per step in
+#                                               # ${BENCH_WORK:-/root/bench}), the recompute's GPU tests, then pg_profile.py --ab
 #                                               # overlap_scoring (the scoring on the forward's stream against a second
 #                                               # stream); each profile names what the host was in during the GPU's idle gaps
 #   bash benchmarks/device_all.sh blas OUTDIR   # torch's matmuls through cuBLAS (its default) against cuBLASLt:
@@ -94,7 +95,7 @@ case $mode in
     run 330 python3 benchmarks/pg_profile.py "${step_args[@]}" --skip-eager --ab shared_prompts --out "$out" || status=$?
     ;;
   overlap)
-    run 60 python3 benchmarks/host_overhead.py --out "$out" || status=$?
+    run 60 python3 benchmarks/host_overhead.py --out "$out" --work "${BENCH_WORK:-/root/bench}" || status=$?
     run 200 python3 -m pytest -q -p no:cacheprovider tests/test_recompute.py -k on_a_gpu || status=$?
     run 330 python3 benchmarks/pg_profile.py "${step_args[@]}" --skip-eager --ab overlap_scoring --out "$out" || status=$?
     ;;

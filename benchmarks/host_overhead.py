@@ -28,7 +28,12 @@ encoder stand-in whose own time is left out):
                  and word counts before one encoder call) against the former (the replies
                  embedded first, the prompts in a second call, the text work after both)
 
-    PYTHONPATH=src python benchmarks/host_overhead.py --out OUTDIR
+and what the run's logging costs per step where the run directory lives (--work):
+
+  monitor_log    Monitor.log per step (a metrics.jsonl row appended and fsynced, state.json
+                 rewritten atomically): median and 90th percentile, and the time in os.fsync
+
+    PYTHONPATH=src python benchmarks/host_overhead.py --out OUTDIR [--work RUNS_FOLDER]
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 import zlib
@@ -139,6 +146,41 @@ def scoring_ms(score, ro, cfg, repeats: int, calls: int = 20) -> tuple[float, in
     return statistics.median(r[0] for r in runs), runs[0][1]
 
 
+def monitor_log_ms(folder: Path, steps: int = 200) -> dict:
+    """Monitor.log over `steps` steps of a run directory made under `folder` (removed after),
+    with a row of the trainer's size: ms per step (median, 90th percentile) and ms in os.fsync."""
+    from polychromic.config import config_from_dict
+    from polychromic.training.monitor import Monitor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="monitor_", dir=folder))
+    values = {f"train/value_{i}": 1.0 + i for i in range(16)} | {"train/quality_loss": 2.0, "train/combined_loss": 1.9}
+    real_fsync, in_fsync = os.fsync, []
+
+    def timed_fsync(fd):
+        t0 = time.perf_counter()
+        real_fsync(fd)
+        in_fsync.append(time.perf_counter() - t0)
+
+    times = []
+    os.fsync = timed_fsync
+    try:
+        with Monitor(run_dir, config_from_dict({"experiment": "host_overhead"}), total_steps=steps + 1) as mon:
+            in_fsync.clear()
+            for step in range(1, steps + 1):
+                t0 = time.perf_counter()
+                mon.log(step, values)
+                times.append(time.perf_counter() - t0)
+            fsync_s = sum(in_fsync)
+            mon.close("done")
+    finally:
+        os.fsync = real_fsync
+        shutil.rmtree(run_dir, ignore_errors=True)
+    times.sort()
+    return {"folder": str(folder), "steps": steps, "median_ms": statistics.median(times) * 1e3,
+            "p90_ms": times[int(0.9 * len(times))] * 1e3, "fsync_ms_per_step": fsync_s / steps * 1e3}
+
+
 def per_call_ms(fn, repeats: int, calls: int = 20) -> float:
     """step_bench.median_of over `repeats` of `calls` calls, per call, in ms."""
     return sb.median_of(lambda: [fn() for _ in range(calls)], repeats)[0] / calls * 1e3
@@ -161,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=36, help="decoder layers (Qwen3-8B: 36)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--work", default=tempfile.gettempdir(), help="where the logging's run directory is made "
+                    "(the filesystem training runs write to)")
     args = ap.parse_args(argv)
     model = model_of(args.layers)
     base = model.get_base_model()
@@ -202,12 +246,16 @@ def main(argv=None) -> int:
                                                   former_score_rollouts(ro, encoder, cfg.objective)[:2])]
     if not all(same):
         raise RuntimeError("the shipped and former scoring disagree on the same rollouts")
+    res["monitor_log"] = monitor_log_ms(Path(args.work))
     for name, row in ms.items():
         print(f"{name:16s} shipped {row['shipped']:8.3f} ms   former {row['former']:8.3f} ms", flush=True)
     for way in ("shipped", "former"):
         sc = res["scoring"][way]
         print(f"scoring {way:8s} {sc['ms_after_first_encoder_call']:8.3f} ms from the first encoder call on, "
               f"{sc['encoder_calls']} encoder call(s)", flush=True)
+    ml = res["monitor_log"]
+    print(f"monitor.log      {ml['median_ms']:8.3f} ms per step (p90 {ml['p90_ms']:.3f}), of which os.fsync "
+          f"{ml['fsync_ms_per_step']:.3f} ms, in {ml['folder']}", flush=True)
     print(f"{res['modules']} modules, {args.layers} layers; host {res['host']['cpu']}", flush=True)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,12 @@ def test_the_former_walk_finds_what_the_shipped_one_does_and_is_swapped_back_out
 
 
 def test_a_short_run_writes_both_ways_per_call_and_per_step(tmp_path):
-    assert host_overhead.main(["--layers", "2", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    runs = tmp_path / "runs"
+    assert host_overhead.main(["--layers", "2", "--repeats", "1", "--out", str(tmp_path), "--work", str(runs)]) == 0
     res = json.loads((tmp_path / "host_overhead.json").read_text())
+    ml = res["monitor_log"]  # the logging's run directory was made in --work and removed after
+    assert ml["folder"] == str(runs) and ml["steps"] == 200 and list(runs.iterdir()) == []
+    assert ml["p90_ms"] >= ml["median_ms"] > 0 and 0 < ml["fsync_ms_per_step"] < ml["median_ms"]
     assert res["layers"] == 2 and res["modules"] > 2 * 7 * 5
     ms = res["ms_per_call"]
     assert set(ms) == {"checkpointing", "dropout_off", "sft_step", "polychromic_step"}
