@@ -336,19 +336,28 @@ def main(argv=None) -> int:
                   f"{res['eager']['pg_grad_rel_l2_two_passes_vs_one']:.2e}), sft loss diff {comp['sft_loss_minus_eager']:.2e}",
                   flush=True)
         res["compiled"] = comp
-    def each_setting(slot: list, settings, label) -> tuple[dict, dict]:
-        """compiled() once per (name, value) of `settings` with slot[0] = value, restored after."""
-        ab, grads, before = {}, {}, slot[0]
+    def each_setting(get, put, settings, label) -> tuple[dict, dict]:
+        """compiled() once per (name, value) of `settings`, after put(value); what get() gave
+        before is put back after."""
+        ab, grads, before = {}, {}, get()
         try:
             for name, value in settings:
-                slot[0] = value
+                put(value)
                 ab[name], grads[name] = compiled(label(name))
         finally:
-            slot[0] = before
+            put(before)
         return ab, grads
 
+    def slot_of(slot: list):
+        """(get, put) of a setting held in slot[0]."""
+        return (lambda: slot[0]), (lambda value: slot.__setitem__(0, value))
+
+    def switch(module, name: str):
+        """(get, put) of a module-level switch."""
+        return (lambda: getattr(module, name)), (lambda value: setattr(module, name, value))
+
     if args.ab == "packing":
-        ab, grads = each_setting(packed, (("padded", False), ("packed", True)), lambda n: f"compiled, recompute {n}")
+        ab, grads = each_setting(*slot_of(packed), (("padded", False), ("packed", True)), lambda n: f"compiled, recompute {n}")
         ab["pg_grad_rel_l2_packed_vs_padded"] = rel_l2(grads["packed"], grads["padded"])
         ab["pg_packed_over_padded"] = ab["packed"]["pg_s"] / ab["padded"]["pg_s"]
         res["ab_packing"] = ab
@@ -356,7 +365,7 @@ def main(argv=None) -> int:
               f"{ab['pg_grad_rel_l2_packed_vs_padded']:.2e}", flush=True)
     if args.ab == "shared_prompts":
         packed[0] = True  # sharing is a packed pass's (on a CPU: the per-sequence attention)
-        ab, grads = each_setting(share, (("per_sample", False), ("shared", True)),
+        ab, grads = each_setting(*slot_of(share), (("per_sample", False), ("shared", True)),
                                  lambda n: f"compiled, prompts {n.replace('_', ' ')}")
         packed[0] = None
         ab["shared"]["pg_x_floor_shared"] = ab["shared"]["pg_s"] / res["floors"]["pg_shared_s"]
@@ -371,26 +380,16 @@ def main(argv=None) -> int:
               f"{res['floors']['pg_shared_s']:.3f} s); pg gradient rel L2 between them "
               f"{ab['pg_grad_rel_l2_shared_vs_per_sample']:.2e}", flush=True)
     if args.ab == "overlap_scoring":
-        ab, grads, shipped = {}, {}, poly.OVERLAP_SCORING
-        try:
-            for name, on in (("one_stream", False), ("overlapped", True)):
-                poly.OVERLAP_SCORING = on
-                ab[name], grads[name] = compiled(f"compiled, scoring {name.replace('_', ' ')}")
-        finally:
-            poly.OVERLAP_SCORING = shipped
+        ab, grads = each_setting(*switch(poly, "OVERLAP_SCORING"), (("one_stream", False), ("overlapped", True)),
+                                 lambda n: f"compiled, scoring {n.replace('_', ' ')}")
         ab["pg_grad_rel_l2_overlapped_vs_one_stream"] = rel_l2(grads["overlapped"], grads["one_stream"])
         ab["term_overlapped_over_one_stream"] = ab["overlapped"]["term_s"] / ab["one_stream"]["term_s"]
         res["ab_overlap_scoring"] = ab
         print(f"overlapped / one stream: term {ab['term_overlapped_over_one_stream']:.3f} (scoring included); pg "
               f"gradient rel L2 between them {ab['pg_grad_rel_l2_overlapped_vs_one_stream']:.2e}", flush=True)
     if args.ab == "blas":
-        ab, grads, shipped = {}, {}, torch.backends.cuda.preferred_blas_library()
-        try:
-            for name in ("cublas", "cublaslt"):
-                torch.backends.cuda.preferred_blas_library(name)
-                ab[name], grads[name] = compiled(f"compiled, {name}")
-        finally:
-            torch.backends.cuda.preferred_blas_library(shipped)
+        library = torch.backends.cuda.preferred_blas_library  # with no argument, the current one
+        ab, grads = each_setting(library, library, (("cublas", "cublas"), ("cublaslt", "cublaslt")), lambda n: f"compiled, {n}")
         ab["pg_grad_rel_l2_cublaslt_vs_cublas"] = rel_l2(grads["cublaslt"], grads["cublas"])
         for part in ("pg", "sft", "term"):
             ab[f"{part}_cublaslt_over_cublas"] = ab["cublaslt"][f"{part}_s"] / ab["cublas"][f"{part}_s"]
@@ -409,16 +408,8 @@ def main(argv=None) -> int:
         print(f"packed / padded: sft {ab['sft_packed_over_padded']:.3f} ({res['sft_padding_share']:.0%} of the padded "
               f"batch is padding); loss difference {ab['sft_loss_packed_minus_padded']:.2e}", flush=True)
     if args.ab == "lora_add":
-        ab: dict = {}
-        grads = {}
-        shipped = fast_lora.INPLACE_UNDER_COMPILE
-        try:
-            for inplace in (False, True):
-                fast_lora.INPLACE_UNDER_COMPILE = inplace
-                name = "in_place" if inplace else "out_of_place"
-                ab[name], grads[name] = compiled(f"compiled, LoRA branch {name.replace('_', ' ')}")
-        finally:
-            fast_lora.INPLACE_UNDER_COMPILE = shipped
+        ab, grads = each_setting(*switch(fast_lora, "INPLACE_UNDER_COMPILE"), (("out_of_place", False), ("in_place", True)),
+                                 lambda n: f"compiled, LoRA branch {n.replace('_', ' ')}")
         ab["pg_grad_rel_l2_in_vs_out_of_place"] = rel_l2(grads["in_place"], grads["out_of_place"])
         ab["pg_out_of_place_over_in_place"] = ab["out_of_place"]["pg_s"] / ab["in_place"]["pg_s"]
         ab["sft_out_of_place_over_in_place"] = ab["out_of_place"]["sft_s"] / ab["in_place"]["sft_s"]

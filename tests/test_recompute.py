@@ -20,9 +20,6 @@ from polychromic.training import packed as packed_mod
 from polychromic.training.rollout import (fitting_rows, generate_rollouts, laid_tokens, pack, pack_packed, packing,
                                           rows_per_pass, scoring_stream, tempered_logprobs, to_device, token_logprobs)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import host_overhead  # noqa: E402  (transformers' own gradient-checkpointing answer, either name)
-
 
 def test_tempered_logprobs_match_log_softmax_in_value_and_gradient():
     g = torch.Generator().manual_seed(0)
@@ -407,6 +404,9 @@ def test_checkpointing_reads_the_flags_the_library_walks_every_module_for(arch):
 
     from test_fast_lora import tiny as tiny_lora
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from host_overhead import library_checkpointing  # transformers' own walk, under either of its names
+
     base = tiny_lora(arch).get_base_model()
     cases = [("off", lambda: None), ("on", lambda: base.gradient_checkpointing_enable()),
              ("off again", lambda: base.gradient_checkpointing_disable())]
@@ -418,7 +418,7 @@ def test_checkpointing_reads_the_flags_the_library_walks_every_module_for(arch):
             warnings.simplefilter("ignore", FutureWarning)  # the deprecated gradient_checkpointing_* names
             act()
         seen.append(packed_mod.checkpointing(base))
-        assert seen[-1] == host_overhead.library_checkpointing(base), name
+        assert seen[-1] == library_checkpointing(base), name
         assert (packed_mod.unsupported(base) is not None) == seen[-1], name
     assert seen[:3] == [False, True, False]
     if len(cases) == 4:
